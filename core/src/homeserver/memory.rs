@@ -1,0 +1,2 @@
+//! STUB: in-memory homeserver double.
+pub struct MemoryHomeserver;

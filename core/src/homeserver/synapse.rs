@@ -1,0 +1,2 @@
+//! STUB: Synapse `/_synapse/mas/*` connection.
+pub struct SynapseConnection;

@@ -1,0 +1,74 @@
+//! The IdP boundary. [`GenericOidc`] is the complete default; an adapter crate implements
+//! [`Provider`] and overrides only what its IdP does differently (DESIGN §8, §9).
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::upstream::ProviderMetadata;
+
+/// Claims of one login: the ID token's claims, with userinfo merged in when configured.
+pub type Claims = Map<String, Value>;
+
+/// MSC4191 account-management actions (stable names; aliases are resolved at the edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountAction {
+    Profile,
+    DevicesList,
+    DeviceView,
+    DeviceDelete,
+    AccountDeactivate,
+    CrossSigningReset,
+}
+
+pub trait Provider: Send + Sync {
+    /// Short name used in configuration and logs (`generic`, `keycloak`, ...).
+    fn name(&self) -> &'static str {
+        "generic"
+    }
+
+    /// The stable subject this IdP identifies a user with. Never a username (DESIGN §6).
+    fn subject(&self, claims: &Claims) -> Option<String> {
+        claims.get("sub").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// Role or group names the access and admin policies can match on. Generic OIDC has no
+    /// standard claim; `groups` is the de-facto one.
+    fn roles(&self, claims: &Claims) -> Vec<String> {
+        string_list(claims.get("groups"))
+    }
+
+    /// Extra authorize parameters for a sign-up request (`prompt=create` from the client).
+    /// `None` means the IdP cannot register users, and `prompt=create` is not advertised.
+    fn signup_parameters(&self, metadata: &ProviderMetadata) -> Option<Vec<(String, String)>> {
+        if metadata.prompt_values_supported.iter().any(|p| p == "create") {
+            Some(vec![("prompt".into(), "create".into())])
+        } else {
+            None
+        }
+    }
+
+    /// Parameters that force a fresh sign-in at the IdP (before a cross-signing reset).
+    fn reauthentication_parameters(&self) -> Vec<(String, String)> {
+        vec![("prompt".into(), "login".into()), ("max_age".into(), "0".into())]
+    }
+
+    /// Where the IdP lets the user manage their account for an action, when it has such a page.
+    fn account_management_url(&self, _metadata: &ProviderMetadata, _action: AccountAction) -> Option<Url> {
+        None
+    }
+}
+
+/// Plain OpenID Connect: every default of [`Provider`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GenericOidc;
+
+impl Provider for GenericOidc {}
+
+/// A claim that is a string or an array of strings, as a list.
+pub fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
