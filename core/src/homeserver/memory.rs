@@ -279,18 +279,23 @@ impl HomeserverConnection for MemoryHomeserver {
         let mut state = self.enter(format!(
             "update_device_display_name {localpart} {device_id}"
         ))?;
-        let user = state.user_mut(localpart)?;
-        match user.devices.get_mut(device_id) {
-            Some(name) => {
-                *name = Some(display_name.to_owned());
-                Ok(())
-            }
-            None => Err(HomeserverError::Rejected {
-                status: 404,
-                errcode: "M_NOT_FOUND".to_owned(),
-                message: "Device not found".to_owned(),
-            }),
-        }
+        // SynapseConnection cannot tell a missing user from a missing device here (both are
+        // 404 M_NOT_FOUND), so both come back as the same rejection, with Synapse's messages.
+        let not_found = |message: &str| HomeserverError::Rejected {
+            status: 404,
+            errcode: "M_NOT_FOUND".to_owned(),
+            message: message.to_owned(),
+        };
+        let user = state
+            .users
+            .get_mut(localpart)
+            .ok_or_else(|| not_found("User not found"))?;
+        let name = user
+            .devices
+            .get_mut(device_id)
+            .ok_or_else(|| not_found("Not found"))?;
+        *name = Some(display_name.to_owned());
+        Ok(())
     }
 
     async fn delete_device(
@@ -549,6 +554,12 @@ mod tests {
         hs.update_device_display_name(&alice, &a, "Old phone")
             .await
             .unwrap();
+        for (who, id) in [(lp("bob"), &a), (alice.clone(), &c)] {
+            assert!(matches!(
+                hs.update_device_display_name(&who, id, "x").await,
+                Err(HomeserverError::Rejected { status: 404, .. })
+            ));
+        }
         assert_eq!(
             hs.user(&alice).unwrap().devices[&a].as_deref(),
             Some("Old phone")

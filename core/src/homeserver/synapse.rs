@@ -379,9 +379,19 @@ impl HomeserverConnection for SynapseConnection {
     ) -> Result<(), HomeserverError> {
         let body =
             json!({ "localpart": localpart, "device_id": device_id, "display_name": display_name });
-        self.post("update_device_display_name", &body)
-            .await?
-            .success(localpart)
+        let answer = self.post("update_device_display_name", &body).await?;
+        if answer.is_not_found() {
+            // Synapse answers 404 M_NOT_FOUND both for a missing user ("User not found") and for
+            // a missing device ("Not found"), so UserNotFound could be wrong here; pass the
+            // answer on as it is.
+            let MatrixErrorBody { errcode, error } = answer.matrix_error();
+            return Err(HomeserverError::Rejected {
+                status: 404,
+                errcode,
+                message: error,
+            });
+        }
+        answer.success(localpart)
     }
 
     async fn delete_device(
@@ -915,7 +925,6 @@ mod tests {
 
         // Each of them reports a missing user the same way.
         for call in [
-            "update_device_display_name",
             "sync_devices",
             "delete_user",
             "reactivate_user",
@@ -926,7 +935,6 @@ mod tests {
             fake.answer(call, 404, not_found());
         }
         let results = [
-            hs.update_device_display_name(&lp, &a, "x").await,
             hs.sync_devices(&lp, &devices).await,
             hs.delete_user(&lp, false).await,
             hs.reactivate_user(&lp).await,
@@ -1024,6 +1032,29 @@ mod tests {
             let (hs, fake) = start_at(prefix).await;
             hs.reactivate_user(&alice()).await.unwrap();
             assert_eq!(fake.last().path, "/synapse/_synapse/mas/reactivate_user");
+        }
+    }
+
+    #[tokio::test]
+    async fn update_device_display_name_404_stays_ambiguous() {
+        // Real Synapse answers 404 M_NOT_FOUND "Not found" for a missing device and
+        // "User not found" for a missing user: neither may be reported as UserNotFound.
+        let (hs, fake) = start().await;
+        for message in ["Not found", "User not found"] {
+            fake.answer(
+                "update_device_display_name",
+                404,
+                json!({"errcode": "M_NOT_FOUND", "error": message}),
+            );
+            let error = hs
+                .update_device_display_name(&alice(), &device("DEVICEID1234"), "x")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, HomeserverError::Rejected { status: 404, errcode, message: m }
+                    if errcode == "M_NOT_FOUND" && m == message),
+                "{error:?}"
+            );
         }
     }
 }
