@@ -184,9 +184,9 @@ impl SynapseConnection {
         }
         endpoint.set_query(None);
         endpoint.set_fragment(None);
-        let api = endpoint
-            .join("_synapse/mas/")
-            .expect("joining a relative path onto an http(s) URL cannot fail");
+        // Only a URL that cannot be a base (`mailto:…`) fails here; configuration checks for
+        // http(s) first, and should one slip through, every call reports it (see `url`).
+        let api = endpoint.join("_synapse/mas/").unwrap_or(endpoint);
         Self {
             api,
             server_name,
@@ -202,10 +202,13 @@ impl SynapseConnection {
         self
     }
 
-    fn url(&self, call: &str) -> Url {
-        self.api
-            .join(call)
-            .expect("call names are fixed relative paths")
+    fn url(&self, call: &str) -> Result<Url, HomeserverError> {
+        self.api.join(call).map_err(|e| {
+            HomeserverError::Protocol(format!(
+                "the Synapse endpoint {} is not an http(s) base URL: {e}",
+                self.api
+            ))
+        })
     }
 
     /// `GET {api}{call}?localpart=…`.
@@ -216,7 +219,7 @@ impl SynapseConnection {
     ) -> Result<Answer, HomeserverError> {
         let request = self
             .http
-            .get(self.url(call))
+            .get(self.url(call)?)
             .query(&[("localpart", localpart.as_str())]);
         self.exchange(call, request).await
     }
@@ -227,7 +230,7 @@ impl SynapseConnection {
         call: &'static str,
         body: &impl Serialize,
     ) -> Result<Answer, HomeserverError> {
-        let request = self.http.post(self.url(call)).json(body);
+        let request = self.http.post(self.url(call)?).json(body);
         self.exchange(call, request).await
     }
 
@@ -1056,5 +1059,23 @@ mod tests {
                 "{error:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn endpoint_that_cannot_be_a_base_fails_calls_instead_of_panicking() {
+        let hs = SynapseConnection::new(
+            Url::parse("mailto:synapse@example.org").unwrap(),
+            "example.org".to_owned(),
+            SecretString::new(SECRET),
+            reqwest::Client::new(),
+        );
+        assert!(matches!(
+            hs.query_user(&alice()).await,
+            Err(HomeserverError::Protocol(_))
+        ));
+        assert!(matches!(
+            hs.reactivate_user(&alice()).await,
+            Err(HomeserverError::Protocol(_))
+        ));
     }
 }
