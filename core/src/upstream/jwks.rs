@@ -68,6 +68,17 @@ pub struct VerificationKey {
     pub(crate) kid: Option<String>,
 }
 
+impl VerificationKey {
+    pub fn key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    /// The `kid` of the JWK the key came from.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
+
 /// Cache of the IdP's JWK Set. Cheap to share (`Arc` inside).
 #[derive(Clone)]
 pub struct JwksCache {

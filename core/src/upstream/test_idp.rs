@@ -570,30 +570,25 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 }
 
 /// Checks mxidp's client authentication (RFC 6749 §2.3.1), either method but not both.
+/// The error is the `invalid_client` description.
 fn client_auth(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<ClientAuthUsed, Response> {
-    let invalid = |why: &str| Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why));
+) -> Result<ClientAuthUsed, &'static str> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "));
-    let post = form.get("client_secret");
-    match (basic, post) {
-        (Some(_), Some(_)) => invalid("more than one client authentication method"),
-        (None, None) => invalid("no client authentication"),
+    match (basic, form.get("client_secret")) {
+        (Some(_), Some(_)) => Err("more than one client authentication method"),
+        (None, None) => Err("no client authentication"),
         (Some(credentials), None) => {
-            let Some(decoded) = STANDARD
+            let decoded = STANDARD
                 .decode(credentials)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-            else {
-                return invalid("bad basic credentials");
-            };
-            let Some((id, secret)) = decoded.split_once(':') else {
-                return invalid("bad basic credentials");
-            };
+                .ok_or("bad basic credentials")?;
+            let (id, secret) = decoded.split_once(':').ok_or("bad basic credentials")?;
             // Both halves are form-encoded by the client; decode them.
             let decode = |s: &str| {
                 form_urlencoded::parse(format!("v={s}").as_bytes())
@@ -605,7 +600,7 @@ fn client_auth(
             {
                 Ok(ClientAuthUsed::Basic)
             } else {
-                invalid("wrong client credentials")
+                Err("wrong client credentials")
             }
         }
         (None, Some(secret)) => {
@@ -614,7 +609,7 @@ fn client_auth(
             {
                 Ok(ClientAuthUsed::Post)
             } else {
-                invalid("wrong client credentials")
+                Err("wrong client credentials")
             }
         }
     }
@@ -719,7 +714,7 @@ async fn token(
 ) -> Response {
     let auth = match client_auth(&headers, &form) {
         Ok(auth) => auth,
-        Err(response) => return response,
+        Err(why) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why),
     };
     let mut params = form.clone();
     params.remove("client_secret");
@@ -804,8 +799,8 @@ async fn revoke(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = client_auth(&headers, &form) {
-        return response;
+    if let Err(why) = client_auth(&headers, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why);
     }
     let Some(token) = form.get("token") else {
         return oauth_error(
