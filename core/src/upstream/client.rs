@@ -717,6 +717,13 @@ mod tests {
     }
 
     #[test]
+    fn upstream_can_be_shared_between_request_handlers() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Upstream>();
+        assert_send_sync::<JwksCache>();
+    }
+
+    #[test]
     fn errors_never_show_tokens() {
         let tokens = UpstreamTokens {
             access_token: SecretString::new("at-secret-value"),
