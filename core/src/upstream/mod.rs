@@ -11,6 +11,7 @@ use crate::secret::SecretString;
 
 mod client;
 mod discovery;
+mod http;
 mod id_token;
 mod jwks;
 #[cfg(any(test, feature = "test-support"))]
@@ -19,7 +20,7 @@ pub mod test_idp;
 pub use client::Upstream;
 pub use discovery::ProviderMetadata;
 pub use id_token::{IdTokenClaims, IdTokenError};
-pub use jwks::JwksCache;
+pub use jwks::{JwksCache, VerificationKey};
 
 /// How mxidp authenticates to the IdP's token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
