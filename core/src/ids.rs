@@ -100,7 +100,10 @@ impl DeviceId {
     pub const MIN_LEN: usize = 10;
 
     pub fn parse(value: &str) -> Result<Self, IdError> {
-        if !value.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+        if !value
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
             return Err(IdError::DeviceIdChars);
         }
         if value.len() < Self::MIN_LEN {
@@ -199,8 +202,14 @@ mod tests {
         assert_eq!(Localpart::parse("_bot"), Err(IdError::LocalpartUnderscore));
         let long = "a".repeat(250);
         let lp = Localpart::parse(&long).unwrap();
-        assert_eq!(lp.check_length("example.org"), Err(IdError::LocalpartTooLong));
-        assert!(Localpart::parse("alice").unwrap().check_length("example.org").is_ok());
+        assert_eq!(
+            lp.check_length("example.org"),
+            Err(IdError::LocalpartTooLong)
+        );
+        assert!(Localpart::parse("alice")
+            .unwrap()
+            .check_length("example.org")
+            .is_ok());
     }
 
     #[test]
@@ -208,10 +217,22 @@ mod tests {
         assert!(DeviceId::parse("ABCDEFGHIJ").is_ok());
         assert!(DeviceId::parse("abc!#$[]^_~").is_ok());
         assert_eq!(DeviceId::parse("SHORT"), Err(IdError::DeviceIdTooShort));
-        assert_eq!(DeviceId::parse("has space in it"), Err(IdError::DeviceIdChars));
-        assert_eq!(DeviceId::parse("quote\"inside1"), Err(IdError::DeviceIdChars));
-        assert_eq!(DeviceId::parse("backslash\\inside"), Err(IdError::DeviceIdChars));
-        assert_eq!(DeviceId::parse("ünicode-device"), Err(IdError::DeviceIdChars));
+        assert_eq!(
+            DeviceId::parse("has space in it"),
+            Err(IdError::DeviceIdChars)
+        );
+        assert_eq!(
+            DeviceId::parse("quote\"inside1"),
+            Err(IdError::DeviceIdChars)
+        );
+        assert_eq!(
+            DeviceId::parse("backslash\\inside"),
+            Err(IdError::DeviceIdChars)
+        );
+        assert_eq!(
+            DeviceId::parse("ünicode-device"),
+            Err(IdError::DeviceIdChars)
+        );
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! mxidp-core: the engine of mxidp. See DESIGN.md for the architecture.
 
+pub mod cache;
+pub mod config;
+pub mod crypto;
 pub mod homeserver;
+pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod provider;
 pub mod registration;
 pub mod scope;
 pub mod secret;
+pub mod server;
+pub mod sessions;
+pub mod signin;
+pub mod store;
 pub mod upstream;

@@ -40,7 +40,11 @@ pub trait Provider: Send + Sync {
     /// Extra authorize parameters for a sign-up request (`prompt=create` from the client).
     /// `None` means the IdP cannot register users, and `prompt=create` is not advertised.
     fn signup_parameters(&self, metadata: &ProviderMetadata) -> Option<Vec<(String, String)>> {
-        if metadata.prompt_values_supported.iter().any(|p| p == "create") {
+        if metadata
+            .prompt_values_supported
+            .iter()
+            .any(|p| p == "create")
+        {
             Some(vec![("prompt".into(), "create".into())])
         } else {
             None
@@ -49,11 +53,14 @@ pub trait Provider: Send + Sync {
 
     /// Parameters that force a fresh sign-in at the IdP (before a cross-signing reset).
     fn reauthentication_parameters(&self) -> Vec<(String, String)> {
-        vec![("prompt".into(), "login".into()), ("max_age".into(), "0".into())]
+        vec![
+            ("prompt".into(), "login".into()),
+            ("max_age".into(), "0".into()),
+        ]
     }
 
     /// Where the IdP lets the user manage their account for an action, when it has such a page.
-    fn account_management_url(&self, _metadata: &ProviderMetadata, _action: AccountAction) -> Option<Url> {
+    fn account_url(&self, _metadata: &ProviderMetadata, _action: AccountAction) -> Option<Url> {
         None
     }
 }
@@ -68,7 +75,11 @@ impl Provider for GenericOidc {}
 pub fn string_list(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -103,7 +103,10 @@ pub trait HomeserverConnection: Send + Sync {
     /// The homeserver's server name, the part after `:` in user ids.
     fn server_name(&self) -> &str;
 
-    async fn query_user(&self, localpart: &Localpart) -> Result<Option<MatrixUser>, HomeserverError>;
+    async fn query_user(
+        &self,
+        localpart: &Localpart,
+    ) -> Result<Option<MatrixUser>, HomeserverError>;
 
     /// `Ok(Ok(()))` when available, `Ok(Err(reason))` when Synapse says it is not.
     async fn is_localpart_available(
@@ -111,7 +114,10 @@ pub trait HomeserverConnection: Send + Sync {
         localpart: &Localpart,
     ) -> Result<Result<(), Unavailable>, HomeserverError>;
 
-    async fn provision_user(&self, request: &ProvisionRequest) -> Result<Provisioned, HomeserverError>;
+    async fn provision_user(
+        &self,
+        request: &ProvisionRequest,
+    ) -> Result<Provisioned, HomeserverError>;
 
     async fn upsert_device(
         &self,
@@ -130,7 +136,11 @@ pub trait HomeserverConnection: Send + Sync {
     /// Deleting a device is how a sign-out takes effect at once: Synapse checks the device on
     /// every request even while an introspection answer is cached. Deleting a device that is
     /// already gone succeeds.
-    async fn delete_device(&self, localpart: &Localpart, device_id: &DeviceId) -> Result<(), HomeserverError>;
+    async fn delete_device(
+        &self,
+        localpart: &Localpart,
+        device_id: &DeviceId,
+    ) -> Result<(), HomeserverError>;
 
     /// Make the user's device list exactly `devices` (deletes the others, creates missing ones).
     async fn sync_devices(
@@ -144,10 +154,15 @@ pub trait HomeserverConnection: Send + Sync {
 
     async fn reactivate_user(&self, localpart: &Localpart) -> Result<(), HomeserverError>;
 
-    async fn set_displayname(&self, localpart: &Localpart, displayname: &str) -> Result<(), HomeserverError>;
+    async fn set_displayname(
+        &self,
+        localpart: &Localpart,
+        displayname: &str,
+    ) -> Result<(), HomeserverError>;
 
     async fn unset_displayname(&self, localpart: &Localpart) -> Result<(), HomeserverError>;
 
     /// Opens Synapse's 10-minute window for replacing the cross-signing master key without UIA.
-    async fn allow_cross_signing_reset(&self, localpart: &Localpart) -> Result<(), HomeserverError>;
+    async fn allow_cross_signing_reset(&self, localpart: &Localpart)
+        -> Result<(), HomeserverError>;
 }

@@ -205,6 +205,8 @@ struct IdpState {
     refresh_tokens: HashMap<String, Map<String, Value>>,
     revoked: Vec<RevokedToken>,
     fail_refresh: bool,
+    /// Header and claims patches for the ID token of the next code exchange.
+    next_id_token_patch: Option<(Value, Value)>,
     token_requests: Vec<TokenRequest>,
     authorize_requests: Vec<HashMap<String, String>>,
 }
@@ -458,6 +460,33 @@ impl TestIdp {
     /// (the algorithm-confusion forgery), and anything else (`none`) unsigned with an empty
     /// signature segment.
     pub fn mint_id_token(&self, header: Value, claims: Value) -> String {
+        mint(header, claims)
+    }
+
+    /// Makes the next code exchange return an ID token whose header and claims are the good
+    /// ones patched with these objects (a `null` value removes the field). For callback tests:
+    /// `json!({"alg": "none"})`, `json!({"aud": "someone-else"})`, ...
+    pub fn forge_next_id_token(&self, header_patch: Value, claims_patch: Value) {
+        self.shared.lock().next_id_token_patch = Some((header_patch, claims_patch));
+    }
+}
+
+fn patch(target: &mut Value, with: &Value) {
+    if let (Value::Object(target), Value::Object(with)) = (target, with) {
+        for (k, v) in with {
+            if v.is_null() {
+                target.remove(k);
+            } else {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Signs a token according to its header's `alg` (HS* with the RSA public key PEM as secret,
+/// `none` with an empty signature).
+fn mint(header: Value, claims: Value) -> String {
+    {
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("none");
         let key = match alg.parse::<Algorithm>() {
             Ok(alg @ (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) => {
@@ -471,7 +500,9 @@ impl TestIdp {
         };
         sign(&header, &claims, key)
     }
+}
 
+impl TestIdp {
     /// Mints an HMAC-signed token with an explicit secret (e.g. [`rsa_public_key_der`]).
     pub fn mint_id_token_with_hmac_secret(
         &self,
@@ -540,12 +571,20 @@ impl Shared {
     ) -> Value {
         let access_token = random_token("at-");
         let refresh_token = random_token("rt-");
-        let claims = Value::Object(self.id_token_claims(&login, nonce));
-        let id_token = sign(
-            &TestIdp::default_header(),
-            &claims,
-            Some((Algorithm::RS256, TestKey::Rsa.encoding_key())),
-        );
+        let mut claims = Value::Object(self.id_token_claims(&login, nonce));
+        let id_token = match state.next_id_token_patch.take() {
+            Some((header_patch, claims_patch)) => {
+                let mut header = TestIdp::default_header();
+                patch(&mut header, &header_patch);
+                patch(&mut claims, &claims_patch);
+                mint(header, claims)
+            }
+            None => sign(
+                &TestIdp::default_header(),
+                &claims,
+                Some((Algorithm::RS256, TestKey::Rsa.encoding_key())),
+            ),
+        };
         state
             .access_tokens
             .insert(access_token.clone(), login.clone());

@@ -1,0 +1,684 @@
+//! Configuration: a TOML file plus `MXIDP__SECTION__KEY` environment overrides. Every secret
+//! can be given inline (`secret = "…"`) or read from a file (`secret_file = "/run/secrets/…"`).
+//! [`Config::check`] lists every problem with the key path it concerns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::SecretString;
+
+/// Shared secrets mxidp generates or receives must carry at least this much entropy.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    pub matrix: MatrixConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub mapping: MappingConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address mxidp listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The public URL of mxidp: the OAuth issuer clients see. Ends in `/`.
+    pub public_base: Url,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/mxidp.db` (the embedded default).
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    /// Key that encrypts the upstream refresh tokens mxidp keeps to revoke sessions at the IdP.
+    #[serde(default)]
+    pub encryption_key: Option<SecretString>,
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            encryption_key: None,
+            encryption_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// The homeserver's server name (the part after `:` in user ids).
+    pub homeserver: String,
+    /// Synapse's client-listener URL, where `/_synapse/mas/*` lives.
+    pub endpoint: Url,
+    /// The shared secret, identical to Synapse's `matrix_authentication_service.secret`.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `generic` (any OpenID Provider); adapters add their own names.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    pub issuer: Url,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_method: crate::upstream::ClientAuthMethod,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub allowed_algorithms: Vec<String>,
+    #[serde(default)]
+    pub fetch_userinfo: bool,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_refetch_cooldown_seconds: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    /// Where users manage their account; defaults to the adapter's page, else none.
+    #[serde(default)]
+    pub account_url: Option<Url>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Template over the ID-token/userinfo claims that gives the localpart.
+    #[serde(default = "default_localpart_template")]
+    pub localpart_template: String,
+    /// An e-mail-like value keeps only the part before `@`.
+    #[serde(default = "yes")]
+    pub keep_before_at: bool,
+    /// `fail` (default): a taken localpart refuses the login. `suffix`: try `name-2`, `name-3`…
+    #[serde(default)]
+    pub on_conflict: ConflictMode,
+    #[serde(default = "default_suffix_max")]
+    pub suffix_max: u32,
+    /// Template for the display name; defaults to `name`, then `preferred_username`.
+    #[serde(default)]
+    pub displayname_template: Option<String>,
+    /// Sync verified e-mail addresses to Synapse on every login.
+    #[serde(default = "yes")]
+    pub sync_emails: bool,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            localpart_template: default_localpart_template(),
+            keep_before_at: true,
+            on_conflict: ConflictMode::Fail,
+            suffix_max: default_suffix_max(),
+            displayname_template: None,
+            sync_emails: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictMode {
+    #[default]
+    Fail,
+    Suffix,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Who may use Matrix at all: a claim (or `roles`) that must hold a value.
+    #[serde(default)]
+    pub access: Option<ClaimRule>,
+    /// Who is a homeserver admin (`urn:synapse:admin:*`).
+    #[serde(default)]
+    pub admin: Option<ClaimRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// How long a sign-in at the IdP may take, from /authorize to the callback.
+    #[serde(default = "default_pending_ttl")]
+    pub pending_authorization_seconds: u64,
+    /// Lifetime of mxidp's single-use authorization code.
+    #[serde(default = "default_code_ttl")]
+    pub authorization_code_seconds: u64,
+    /// Access-token lifetime assumed when the IdP does not say (`expires_in` missing).
+    #[serde(default = "default_access_ttl")]
+    pub default_access_token_seconds: u64,
+    /// Entries kept in the introspection cache.
+    #[serde(default = "default_cache_entries")]
+    pub introspection_cache_entries: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            pending_authorization_seconds: default_pending_ttl(),
+            authorization_code_seconds: default_code_ttl(),
+            default_access_token_seconds: default_access_ttl(),
+            introspection_cache_entries: default_cache_entries(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_database_url() -> String {
+    "sqlite://mxidp.db".into()
+}
+fn default_timeout() -> u64 {
+    10
+}
+fn default_provider() -> String {
+    "generic".into()
+}
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_cooldown() -> u64 {
+    60
+}
+fn default_localpart_template() -> String {
+    "{{ preferred_username }}".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_suffix_max() -> u32 {
+    9
+}
+fn default_pending_ttl() -> u64 {
+    600
+}
+fn default_code_ttl() -> u64 {
+    60
+}
+fn default_access_ttl() -> u64 {
+    300
+}
+fn default_cache_entries() -> usize {
+    200_000
+}
+
+/// One problem found in the configuration, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    /// Reads the TOML file, then applies `MXIDP__SECTION__KEY` environment overrides
+    /// (`MXIDP__MATRIX__SECRET_FILE=/run/secrets/mxidp`). Does not validate: see [`Config::check`].
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MXIDP")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(" ")
+                .with_list_parse_key("upstream.scopes")
+                .with_list_parse_key("upstream.allowed_algorithms")
+                .try_parsing(true),
+        );
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// Loads and validates; the error lists every problem.
+    pub fn load_checked(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = Self::load(path)?;
+        let problems = config.check();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every problem in the configuration, each with its key path. Reads secret files.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+
+        let base = &self.http.public_base;
+        if !matches!(base.scheme(), "https" | "http") {
+            push(
+                &mut problems,
+                "http.public_base",
+                "must be an http(s) URL".into(),
+            );
+        }
+        if !base.as_str().ends_with('/') {
+            push(
+                &mut problems,
+                "http.public_base",
+                "must end in '/': it is the OAuth issuer and clients compare it byte for byte"
+                    .into(),
+            );
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            push(
+                &mut problems,
+                "http.public_base",
+                "must have no query or fragment".into(),
+            );
+        }
+        if base.scheme() == "http" && !is_loopback_host(base) {
+            push(&mut problems,
+                "http.public_base",
+                "must be https unless it is a loopback address (Matrix clients refuse http issuers)".into(),
+            );
+        }
+        if self.http.max_body_bytes < 1024 {
+            push(
+                &mut problems,
+                "http.max_body_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+
+        if !self.database.url.starts_with("sqlite:") {
+            push(
+                &mut problems,
+                "database.url",
+                "only sqlite:// is supported in this version (PostgreSQL is planned)".into(),
+            );
+        }
+        match secret_from(
+            "database.encryption_key",
+            &self.database.encryption_key,
+            &self.database.encryption_key_file,
+        ) {
+            Ok(secret) => {
+                if secret.len() < MIN_SECRET_BYTES {
+                    push(
+                        &mut problems,
+                        "database.encryption_key",
+                        format!(
+                            "must be at least {MIN_SECRET_BYTES} bytes (try: openssl rand -hex 32)"
+                        ),
+                    );
+                }
+            }
+            Err(p) => problems.push(p),
+        }
+
+        if self.matrix.homeserver.is_empty() || self.matrix.homeserver.contains(['/', '@', ' ']) {
+            push(
+                &mut problems,
+                "matrix.homeserver",
+                "must be the server name, e.g. example.org".into(),
+            );
+        }
+        if !matches!(self.matrix.endpoint.scheme(), "http" | "https") {
+            push(
+                &mut problems,
+                "matrix.endpoint",
+                "must be an http(s) URL".into(),
+            );
+        }
+        match secret_from(
+            "matrix.secret",
+            &self.matrix.secret,
+            &self.matrix.secret_file,
+        ) {
+            Ok(secret) if secret.len() < MIN_SECRET_BYTES => problems.push(Problem {
+                key: "matrix.secret".into(),
+                message: format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes (try: openssl rand -hex 32)"
+                ),
+            }),
+            Ok(_) => {}
+            Err(p) => problems.push(p),
+        }
+        if self.matrix.timeout_seconds == 0 {
+            push(
+                &mut problems,
+                "matrix.timeout_seconds",
+                "must be at least 1".into(),
+            );
+        }
+
+        let up = &self.upstream;
+        if up.issuer.scheme() != "https" && !is_loopback_host(&up.issuer) {
+            push(
+                &mut problems,
+                "upstream.issuer",
+                "must be https unless it is a loopback address".into(),
+            );
+        }
+        if up.client_id.is_empty() {
+            push(
+                &mut problems,
+                "upstream.client_id",
+                "must not be empty".into(),
+            );
+        }
+        if up.timeout_seconds == 0 {
+            push(
+                &mut problems,
+                "upstream.timeout_seconds",
+                "must be at least 1".into(),
+            );
+        }
+        if up.allowed_algorithms.is_empty() {
+            push(
+                &mut problems,
+                "upstream.allowed_algorithms",
+                "must name at least one algorithm".into(),
+            );
+        }
+        for alg in &up.allowed_algorithms {
+            match alg.parse::<jsonwebtoken::Algorithm>() {
+                Ok(a) if is_symmetric(a) => push(&mut problems,
+                    "upstream.allowed_algorithms",
+                    format!("{alg} is symmetric: mxidp verifies ID tokens with the IdP's public keys only"),
+                ),
+                Ok(_) => {}
+                Err(_) => push(&mut problems, "upstream.allowed_algorithms", format!("unknown or forbidden algorithm {alg:?}")),
+            }
+        }
+        if up.scopes.iter().any(|s| s.contains(' ') || s.is_empty()) {
+            push(
+                &mut problems,
+                "upstream.scopes",
+                "each scope is one non-empty word".into(),
+            );
+        }
+        let secret = secret_from(
+            "upstream.client_secret",
+            &up.client_secret,
+            &up.client_secret_file,
+        );
+        match secret {
+            Ok(s) if s.is_empty() => problems.push(Problem {
+                key: "upstream.client_secret".into(),
+                message: "must not be empty".into(),
+            }),
+            Ok(_) => {}
+            Err(p) => problems.push(p),
+        }
+
+        if let Err(e) = crate::identity::LocalpartTemplate::parse(&self.mapping.localpart_template)
+        {
+            push(&mut problems, "mapping.localpart_template", e.to_string());
+        }
+        if let Some(t) = &self.mapping.displayname_template {
+            if let Err(e) = crate::identity::LocalpartTemplate::parse(t) {
+                push(&mut problems, "mapping.displayname_template", e.to_string());
+            }
+        }
+        for (key, rule) in [
+            ("policy.access", &self.policy.access),
+            ("policy.admin", &self.policy.admin),
+        ] {
+            if let Some(rule) = rule {
+                if rule.claim.is_empty() || rule.value.is_empty() {
+                    push(
+                        &mut problems,
+                        key,
+                        "claim and value must both be set".into(),
+                    );
+                }
+            }
+        }
+        let s = &self.sessions;
+        if s.authorization_code_seconds == 0 || s.authorization_code_seconds > 600 {
+            push(
+                &mut problems,
+                "sessions.authorization_code_seconds",
+                "must be between 1 and 600 (RFC 6749 §4.1.2 recommends at most 10 minutes)".into(),
+            );
+        }
+        if s.pending_authorization_seconds < 60 {
+            push(
+                &mut problems,
+                "sessions.pending_authorization_seconds",
+                "must be at least 60".into(),
+            );
+        }
+        problems
+    }
+
+    pub fn matrix_secret(&self) -> Result<SecretString, Problem> {
+        secret_from(
+            "matrix.secret",
+            &self.matrix.secret,
+            &self.matrix.secret_file,
+        )
+    }
+
+    pub fn client_secret(&self) -> Result<SecretString, Problem> {
+        secret_from(
+            "upstream.client_secret",
+            &self.upstream.client_secret,
+            &self.upstream.client_secret_file,
+        )
+    }
+
+    pub fn encryption_key(&self) -> Result<SecretString, Problem> {
+        secret_from(
+            "database.encryption_key",
+            &self.database.encryption_key,
+            &self.database.encryption_key_file,
+        )
+    }
+
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream.timeout_seconds)
+    }
+}
+
+fn push(problems: &mut Vec<Problem>, key: &str, message: String) {
+    problems.push(Problem {
+        key: key.to_owned(),
+        message,
+    });
+}
+
+fn is_symmetric(alg: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm::*;
+    matches!(alg, HS256 | HS384 | HS512)
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A secret given either inline or as a file (trailing newline removed), never both.
+fn secret_from(
+    key: &str,
+    inline: &Option<SecretString>,
+    file: &Option<PathBuf>,
+) -> Result<SecretString, Problem> {
+    let problem = |message: String| Problem {
+        key: key.to_owned(),
+        message,
+    };
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(problem(format!("set either {key} or {key}_file, not both"))),
+        (Some(s), None) => Ok(s.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(content) => Ok(SecretString::new(content.trim_end_matches(['\n', '\r']))),
+            Err(e) => Err(problem(format!("cannot read {}: {e}", path.display()))),
+        },
+        (None, None) => Err(problem(format!("missing: set {key} or {key}_file"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[http]
+public_base = "https://auth.example.org/"
+[database]
+encryption_key = "0123456789abcdef0123456789abcdef"
+[matrix]
+homeserver = "example.org"
+endpoint = "http://synapse:8008/"
+secret = "0123456789abcdef0123456789abcdef"
+[upstream]
+issuer = "https://idp.example.org/realms/matrix"
+client_id = "mxidp"
+client_secret = "s3cret"
+"#;
+
+    fn parse(toml: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path)).unwrap()
+    }
+
+    #[test]
+    fn a_complete_config_has_no_problems() {
+        let c = parse(GOOD);
+        assert_eq!(c.check(), vec![]);
+        assert_eq!(c.upstream.scopes, vec!["openid", "profile", "email"]);
+    }
+
+    #[test]
+    fn each_problem_names_its_key() {
+        let bad = GOOD
+            .replace("https://auth.example.org/", "http://auth.example.org")
+            .replace(
+                "secret = \"0123456789abcdef0123456789abcdef\"",
+                "secret = \"short\"",
+            );
+        let keys: Vec<String> = parse(&bad).check().into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"http.public_base".to_string()), "{keys:?}");
+        assert!(keys.contains(&"matrix.secret".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn symmetric_algorithms_are_refused() {
+        let bad = GOOD.replace(
+            "client_secret = \"s3cret\"",
+            "client_secret = \"s3cret\"\nallowed_algorithms = [\"HS256\"]",
+        );
+        let problems = parse(&bad).check();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "upstream.allowed_algorithms"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "abcdefghijabcdefghijabcdefghij0123\n").unwrap();
+        let with_file = GOOD.replace(
+            "secret = \"0123456789abcdef0123456789abcdef\"\n[upstream]",
+            &format!("secret_file = \"{}\"\n[upstream]", file.display()),
+        );
+        let c = parse(&with_file);
+        assert_eq!(c.check(), vec![]);
+        assert_eq!(
+            c.matrix_secret().unwrap().expose(),
+            "abcdefghijabcdefghijabcdefghij0123"
+        );
+
+        let both = GOOD.replace(
+            "[upstream]",
+            &format!("secret_file = \"{}\"\n[upstream]", file.display()),
+        );
+        assert!(parse(&both)
+            .check()
+            .iter()
+            .any(|p| p.key == "matrix.secret" && p.message.contains("not both")));
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace("[matrix]", "[matrix]\nsecert = \"typo\""),
+        )
+        .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("secert"), "{err}");
+    }
+}

@@ -1,0 +1,246 @@
+//! `GET /upstream/callback`: the IdP sends the browser back here. Checks state and the browser
+//! cookie, exchanges the code with mxidp's credentials, validates the ID token, maps the
+//! identity, and continues to consent (DESIGN §4).
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::authorize::axum_extra_cookie::{read_cookie, BINDING_COOKIE};
+use super::authorize::ClientRedirect;
+use super::{consent, internal, pages, App};
+use crate::ids::{now_unix, TokenHash};
+use crate::secret::constant_time_eq;
+use crate::signin;
+use crate::store::{AuthorizationStage, PendingAuthorization, UpstreamLogin};
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+pub enum RouteError {
+    Page(StatusCode, &'static str, String),
+    /// Shown with a link that hands `access_denied` back to the client.
+    Refused(String, String),
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        match self {
+            RouteError::Page(status, title, message) => pages::error_page(status, title, &message),
+            RouteError::Refused(message, return_to) => pages::error_page_with_return(
+                StatusCode::FORBIDDEN,
+                "Sign-in refused",
+                &message,
+                &return_to,
+            ),
+        }
+    }
+}
+
+fn internal_page(context: &str, e: &dyn std::fmt::Display) -> RouteError {
+    RouteError::Page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        format!(
+            "The sign-in could not be completed. Reference: {}",
+            internal(context, e)
+        ),
+    )
+}
+
+pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, RouteError> {
+    Ok(ClientRedirect {
+        redirect_uri: p
+            .redirect_uri
+            .parse()
+            .map_err(|e| internal_page("stored redirect uri", &e))?,
+        mode: p.response_mode,
+        state: p.client_state.clone(),
+    })
+}
+
+/// Whether the request comes from the browser that started this sign-in.
+pub fn same_browser(headers: &HeaderMap, pending: &PendingAuthorization) -> bool {
+    read_cookie(headers, BINDING_COOKIE).is_some_and(|cookie| {
+        constant_time_eq(
+            TokenHash::of(&cookie).to_hex().as_bytes(),
+            pending.browser_binding.as_bytes(),
+        )
+    })
+}
+
+pub async fn get(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, RouteError> {
+    let page = |title: &'static str, msg: &str| {
+        RouteError::Page(StatusCode::BAD_REQUEST, title, msg.to_owned())
+    };
+    let state = q.state.as_deref().ok_or_else(|| {
+        page(
+            "Invalid sign-in",
+            "The identity provider's answer has no state.",
+        )
+    })?;
+    let mut pending = app
+        .store
+        .pending_by_upstream_state(state)
+        .await
+        .map_err(|e| internal_page("load pending", &e))?
+        .filter(|p| p.expires_at >= now_unix())
+        .ok_or_else(|| {
+            page(
+                "Sign-in expired",
+                "This sign-in is unknown or has expired. Start again from the application.",
+            )
+        })?;
+    if !same_browser(&headers, &pending) {
+        tracing::warn!(pending = %pending.id, "callback from a browser that did not start the sign-in");
+        return Err(page(
+            "Sign-in from another browser",
+            "This sign-in was started in another browser (or cookies are blocked). Start again from the application.",
+        ));
+    }
+    if pending.stage != AuthorizationStage::AtIdp {
+        return Err(page(
+            "Sign-in already used",
+            "This sign-in has already been completed.",
+        ));
+    }
+    let to = client_redirect(&pending)?;
+    let return_denied = to.url(&[("error", "access_denied")]).to_string();
+
+    if let Some(error) = q.error.as_deref() {
+        // The IdP refused (user cancelled, policy): hand it to the client and forget the sign-in.
+        app.store
+            .delete_pending(&pending.id)
+            .await
+            .map_err(|e| internal_page("delete pending", &e))?;
+        let description = q
+            .error_description
+            .as_deref()
+            .unwrap_or("the identity provider refused the sign-in");
+        let error = if error == "access_denied" {
+            "access_denied"
+        } else {
+            "server_error"
+        };
+        return Ok(to.error(error, description));
+    }
+    let code = q.code.as_deref().ok_or_else(|| {
+        page(
+            "Invalid sign-in",
+            "The identity provider's answer has no code.",
+        )
+    })?;
+    let upstream = app.upstream.get().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Identity provider unavailable",
+            "Try again in a moment.".into(),
+        )
+    })?;
+
+    let tokens = upstream
+        .exchange_code(code, &app.callback_url(), &pending.upstream_verifier)
+        .await
+        .map_err(|e| {
+            RouteError::Page(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in failed",
+                format!(
+                    "The identity provider did not accept the sign-in. Reference: {}",
+                    internal("code exchange", &e)
+                ),
+            )
+        })?;
+    let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::BAD_GATEWAY,
+            "Sign-in failed",
+            "The identity provider returned no ID token.".into(),
+        )
+    })?;
+    let validated = upstream
+        .validate_id_token(id_token.expose(), Some(&pending.upstream_nonce))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "ID token refused");
+            RouteError::Page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                format!("The identity provider's ID token is not valid: {e}"),
+            )
+        })?;
+    let mut claims = validated.claims.clone();
+    if upstream.settings().fetch_userinfo {
+        // userinfo_for drops an answer whose `sub` differs from the ID token's (OIDC Core §5.3.2).
+        let userinfo = upstream
+            .userinfo_for(tokens.access_token.expose(), &validated.sub)
+            .await
+            .map_err(|e| internal_page("userinfo", &e))?;
+        for (k, v) in userinfo {
+            claims.entry(k).or_insert(v);
+        }
+    }
+
+    let login = signin::resolve(
+        &claims,
+        app.provider.as_ref(),
+        &app.mapping,
+        app.store.as_ref(),
+        app.homeserver.as_ref(),
+    )
+    .await
+    .map_err(|e| match e {
+        e if e.is_refusal() => {
+            tracing::info!(reason = %e, "sign-in refused");
+            RouteError::Refused(e.to_string(), return_denied.clone())
+        }
+        e => internal_page("resolve identity", &e),
+    });
+    let login = match login {
+        Ok(login) => login,
+        Err(e) => {
+            let _ = app.store.delete_pending(&pending.id).await;
+            return Err(e);
+        }
+    };
+
+    let sealed = app.sealer.seal(
+        &serde_json::to_vec(&serde_json::json!({
+            "access_token": tokens.access_token.expose(),
+            "refresh_token": tokens.refresh_token.as_ref().map(|t| t.expose()),
+        }))
+        .map_err(|e| internal_page("seal tokens", &e))?,
+    );
+    pending.login = Some(UpstreamLogin {
+        subject: login.subject.clone(),
+        localpart: login.localpart.clone(),
+        idp_sid: validated.sid.clone(),
+        admin: login.admin,
+        sealed_tokens: sealed,
+        access_expires_in: tokens.expires_in,
+        display_name: login.display_name.clone(),
+        emails: login.emails.clone(),
+    });
+    pending.stage = AuthorizationStage::AwaitingConsent;
+    app.store
+        .update_pending(&pending)
+        .await
+        .map_err(|e| internal_page("update pending", &e))?;
+    tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "signed in at the IdP");
+
+    consent::continue_after_login(&app, pending, &login)
+        .await
+        .map_err(|e| match e {
+            consent::RouteError::Page(status, title, msg) => RouteError::Page(status, title, msg),
+        })
+}

@@ -1,0 +1,208 @@
+//! The consent page (remembered per user and client) and its form: `POST /consent`. The form
+//! counts only with the browser cookie of the sign-in and the CSRF token of the page.
+//! After consent the user is provisioned in the homeserver and the client gets a single-use code.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::authorize::see_other;
+use super::callback::{client_redirect, same_browser};
+use super::{internal, pages, paths, App, AppState};
+use crate::homeserver::{FieldAction, ProvisionRequest};
+use crate::ids::{now_unix, random_token, TokenHash};
+use crate::registration::ClientMetadata;
+use crate::secret::constant_time_eq;
+use crate::signin::MatrixLogin;
+use crate::store::{AuthorizationStage, PendingAuthorization};
+
+pub enum RouteError {
+    Page(StatusCode, &'static str, String),
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        match self {
+            RouteError::Page(status, title, message) => pages::error_page(status, title, &message),
+        }
+    }
+}
+
+fn internal_page(context: &str, e: &dyn std::fmt::Display) -> RouteError {
+    RouteError::Page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        format!(
+            "The sign-in could not be completed. Reference: {}",
+            internal(context, e)
+        ),
+    )
+}
+
+/// After the IdP signed the user in: skip the page when the user already consented to this client.
+pub async fn continue_after_login(
+    app: &AppState,
+    pending: PendingAuthorization,
+    login: &MatrixLogin,
+) -> Result<Response, RouteError> {
+    let remembered = app
+        .store
+        .has_consent(&login.localpart, &pending.client_id)
+        .await
+        .map_err(|e| internal_page("load consent", &e))?;
+    if remembered {
+        return complete(app, pending).await;
+    }
+    let client = app
+        .store
+        .client(&pending.client_id)
+        .await
+        .map_err(|e| internal_page("load client", &e))?
+        .ok_or_else(|| {
+            RouteError::Page(
+                StatusCode::BAD_REQUEST,
+                "Unknown application",
+                "The application is no longer registered.".into(),
+            )
+        })?;
+    let metadata: ClientMetadata = serde_json::from_value(client.metadata)
+        .map_err(|e| internal_page("client metadata", &e))?;
+    let client_uri = metadata.client_uri.to_string();
+    let name = metadata
+        .client_name
+        .clone()
+        .unwrap_or_else(|| client_uri.clone());
+    Ok(pages::consent_page(&pages::ConsentView {
+        pending_id: &pending.id,
+        csrf: &pending.csrf,
+        client_name: &name,
+        client_uri: &client_uri,
+        user_id: &login.localpart.user_id(app.homeserver.server_name()),
+        device_id: pending.device_id.as_str(),
+        admin: login.admin && pending.scope.contains("urn:synapse:admin:*"),
+        action: app.url(paths::CONSENT).as_str(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConsentForm {
+    pending: String,
+    csrf: String,
+    decision: String,
+}
+
+pub async fn post(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<ConsentForm>,
+) -> Result<Response, RouteError> {
+    let refuse = |msg: &str| {
+        RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Consent not accepted",
+            msg.to_owned(),
+        )
+    };
+    let pending = app
+        .store
+        .pending(&form.pending)
+        .await
+        .map_err(|e| internal_page("load pending", &e))?
+        .filter(|p| p.expires_at >= now_unix() && p.stage == AuthorizationStage::AwaitingConsent)
+        .ok_or_else(|| {
+            refuse("This sign-in is unknown or has expired. Start again from the application.")
+        })?;
+    if !same_browser(&headers, &pending)
+        || !constant_time_eq(form.csrf.as_bytes(), pending.csrf.as_bytes())
+    {
+        tracing::warn!(pending = %pending.id, "consent form without the sign-in's cookie or CSRF token");
+        return Err(refuse(
+            "This form was not submitted from the page mxidp showed in this browser.",
+        ));
+    }
+    let login = pending
+        .login
+        .as_ref()
+        .ok_or_else(|| refuse("This sign-in is not complete."))?;
+    match form.decision.as_str() {
+        "allow" => {
+            app.store
+                .add_consent(&login.localpart, &pending.client_id, now_unix())
+                .await
+                .map_err(|e| internal_page("store consent", &e))?;
+            complete(&app, pending).await
+        }
+        _ => {
+            app.store
+                .delete_pending(&pending.id)
+                .await
+                .map_err(|e| internal_page("delete pending", &e))?;
+            let to = client_redirect_for(&pending)?;
+            Ok(to.error("access_denied", "the user denied access"))
+        }
+    }
+}
+
+fn client_redirect_for(
+    p: &PendingAuthorization,
+) -> Result<super::authorize::ClientRedirect, RouteError> {
+    client_redirect(p).map_err(|_| {
+        RouteError::Page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "Invalid stored redirect.".into(),
+        )
+    })
+}
+
+/// Provision the user in the homeserver (the account must exist before the client's first
+/// request) and hand the client a short-lived single-use code.
+async fn complete(
+    app: &AppState,
+    mut pending: PendingAuthorization,
+) -> Result<Response, RouteError> {
+    let login = pending.login.clone().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in incomplete",
+            "Start again from the application.".into(),
+        )
+    })?;
+    let mut request = ProvisionRequest::new(login.localpart.clone());
+    if let Some(name) = &login.display_name {
+        request.displayname = FieldAction::Set(name.clone());
+    }
+    if !login.emails.is_empty() {
+        request.emails = FieldAction::Set(login.emails.clone());
+    }
+    app.homeserver.provision_user(&request).await.map_err(|e| {
+        RouteError::Page(
+            StatusCode::BAD_GATEWAY,
+            "Homeserver unavailable",
+            format!(
+                "Your Matrix account could not be prepared. Try again in a moment. Reference: {}",
+                internal("provision user", &e)
+            ),
+        )
+    })?;
+    // One code per sign-in: a resubmitted consent form finds the stage moved on.
+    pending.stage = AuthorizationStage::CodeIssued;
+    app.store
+        .update_pending(&pending)
+        .await
+        .map_err(|e| internal_page("update pending", &e))?;
+    let code = random_token(32);
+    app.store
+        .add_code(
+            TokenHash::of(&code),
+            &pending.id,
+            now_unix() + app.lifetimes.authorization_code,
+        )
+        .await
+        .map_err(|e| internal_page("store code", &e))?;
+    let to = client_redirect_for(&pending)?;
+    tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "authorization granted");
+    Ok(see_other(to.url(&[("code", &code)]).as_str()))
+}

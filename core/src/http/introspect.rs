@@ -1,0 +1,120 @@
+//! `POST /oauth2/introspect` for Synapse (DESIGN §3.1, §5.1), the hot path: hash → in-memory
+//! cache → store → answer. No network I/O. Unknown, expired, rotated and revoked tokens are
+//! `200 {"active":false}`; only a wrong shared secret is an error (401).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{App, AppState};
+use crate::cache::ActiveToken;
+use crate::ids::{now_unix, TokenHash};
+use crate::scope::introspection_scope;
+use crate::store::{SessionState, StoreError, TokenKind};
+
+pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !app.matrix_secret.ct_eq(presented.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "access_denied" })),
+        )
+            .into_response();
+    }
+    let Some(token) = form_value(&body, "token") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_request", "error_description": "token is missing" })),
+        )
+            .into_response();
+    };
+    match introspect_token(&app, &token, now_unix()).await {
+        Ok(Some(active)) => Json(active_answer(&active, now_unix())).into_response(),
+        Ok(None) => Json(json!({ "active": false })).into_response(),
+        Err(e) => {
+            // Synapse turns a non-200 into 503 for its client, which is right for an outage.
+            let id = super::internal("introspection", &e);
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": "server_error", "error_description": id })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Reads one form field without building a map (the body is `token=…&token_type_hint=…`).
+fn form_value(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded_pairs(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+fn form_urlencoded_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// The active token behind `token`, or `None` when it is not active now.
+pub async fn introspect_token(
+    app: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<Option<ActiveToken>, StoreError> {
+    let hash = TokenHash::of(token);
+    if let Some(active) = app.cache.get(&hash) {
+        return Ok(active
+            .expires_at
+            .is_none_or(|exp| exp > now)
+            .then_some(active));
+    }
+    let Some((record, session)) = app.store.token(hash).await? else {
+        return Ok(None);
+    };
+    if record.kind != TokenKind::Access
+        || record.rotated_at.is_some()
+        || session.state != SessionState::Active
+    {
+        return Ok(None);
+    }
+    if record.expires_at.is_some_and(|exp| exp <= now) {
+        return Ok(None);
+    }
+    let active = ActiveToken {
+        session_id: session.id.clone(),
+        subject: session.subject.clone(),
+        localpart: session.localpart.to_string(),
+        client_id: session.client_id.clone(),
+        scope: introspection_scope(&session.device_id, session.admin),
+        device_id: session.device_id.to_string(),
+        issued_at: record.issued_at,
+        expires_at: record.expires_at,
+    };
+    app.cache.insert(hash, active.clone());
+    Ok(Some(active))
+}
+
+fn active_answer(t: &ActiveToken, now: i64) -> serde_json::Value {
+    let mut answer = json!({
+        "active": true,
+        "scope": t.scope,
+        "username": t.localpart,
+        "sub": t.subject,
+        "client_id": t.client_id,
+        "token_type": "access_token",
+        "iat": t.issued_at,
+        "device_id": t.device_id,
+    });
+    if let Some(exp) = t.expires_at {
+        answer["exp"] = json!(exp);
+        // Synapse requires an integer.
+        answer["expires_in"] = json!((exp - now).max(0));
+    }
+    answer
+}

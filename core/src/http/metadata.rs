@@ -1,0 +1,57 @@
+//! `GET /.well-known/openid-configuration`: mxidp's authorization-server metadata. Synapse
+//! requires `issuer` and `account_management_uri`, caches the document until it restarts and
+//! hands it verbatim to clients, so every URL here is mxidp's public URL (DESIGN §3.1, §3.3).
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::{paths, App};
+
+/// MSC4191 actions mxidp serves at `account_management_uri`.
+pub const ACCOUNT_ACTIONS: &[&str] = &[
+    "org.matrix.profile",
+    "org.matrix.devices_list",
+    "org.matrix.device_view",
+    "org.matrix.device_delete",
+    "org.matrix.cross_signing_reset",
+];
+
+pub async fn get(State(app): State<App>) -> impl IntoResponse {
+    let mut doc = json!({
+        "issuer": app.issuer.as_str(),
+        "authorization_endpoint": app.url(paths::AUTHORIZE),
+        "token_endpoint": app.url(paths::TOKEN),
+        "revocation_endpoint": app.url(paths::REVOKE),
+        "registration_endpoint": app.url(paths::REGISTER),
+        "introspection_endpoint": app.url(paths::INTROSPECT),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "fragment"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "scopes_supported": [
+            "urn:matrix:client:api:*",
+            "urn:matrix:org.matrix.msc2967.client:api:*",
+            "urn:matrix:client:device:*",
+            "urn:matrix:org.matrix.msc2967.client:device:*",
+            "urn:synapse:admin:*",
+        ],
+        "account_management_uri": app.url(paths::ACCOUNT),
+        "account_management_actions_supported": ACCOUNT_ACTIONS,
+        "org.matrix.msc4191.account_management_uri": app.url(paths::ACCOUNT),
+        "org.matrix.msc4191.account_management_actions_supported": ACCOUNT_ACTIONS,
+    });
+    // `prompt=create` only where the IdP can register users (Okta cannot).
+    let signup = app
+        .upstream
+        .get()
+        .is_some_and(|u| app.provider.signup_parameters(u.metadata()).is_some());
+    if signup {
+        doc["prompt_values_supported"] = json!(["create"]);
+    }
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(doc))
+}

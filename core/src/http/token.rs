@@ -1,0 +1,378 @@
+//! `POST /oauth2/token`: `authorization_code` (single use, PKCE S256) and `refresh_token`
+//! (refresh at the IdP with mxidp's credentials, rotation). The client receives the IdP's own
+//! tokens; mxidp records their hashes against the session (DESIGN §2, §4).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::authorize::pkce_s256;
+use super::{internal, oauth_error, App, AppState};
+use crate::ids::{now_unix, random_token, TokenHash};
+use crate::registration::ClientMetadata;
+use crate::scope::MatrixScope;
+use crate::secret::{constant_time_eq, SecretString};
+use crate::sessions::end_session;
+use crate::store::{CodeRedemption, Session, SessionState, StoreError, TokenKind, TokenRecord};
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    client_id: Option<String>,
+    refresh_token: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum RouteError {
+    InvalidRequest(String),
+    InvalidGrant(String),
+    UnsupportedGrantType,
+    Unavailable(String),
+    Internal(String),
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        match self {
+            RouteError::InvalidRequest(m) => {
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_request", m)
+            }
+            RouteError::InvalidGrant(m) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", m),
+            RouteError::UnsupportedGrantType => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be authorization_code or refresh_token",
+            ),
+            RouteError::Unavailable(m) => oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                m,
+            ),
+            RouteError::Internal(id) => oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                format!("internal error {id}"),
+            ),
+        }
+    }
+}
+
+fn store_error(context: &str) -> impl FnOnce(StoreError) -> RouteError + '_ {
+    move |e| RouteError::Internal(internal(context, &e))
+}
+
+pub async fn post(
+    State(app): State<App>,
+    Form(form): Form<TokenForm>,
+) -> Result<Response, RouteError> {
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => authorization_code(&app, form).await,
+        Some("refresh_token") => refresh_token(&app, form).await,
+        None => Err(RouteError::InvalidRequest("grant_type is missing".into())),
+        Some(_) => Err(RouteError::UnsupportedGrantType),
+    }
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, RouteError> {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| RouteError::InvalidRequest(format!("{name} is missing")))
+}
+
+#[derive(Deserialize)]
+struct SealedTokens {
+    access_token: String,
+    refresh_token: Option<String>,
+}
+
+async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
+    let code = required(&form.code, "code")?;
+    let client_id = required(&form.client_id, "client_id")?;
+    let redirect_uri = required(&form.redirect_uri, "redirect_uri")?;
+    let verifier = required(&form.code_verifier, "code_verifier")?;
+    let now = now_unix();
+    let code_hash = TokenHash::of(code);
+
+    let pending = match app
+        .store
+        .redeem_code(code_hash, now)
+        .await
+        .map_err(store_error("redeem code"))?
+    {
+        CodeRedemption::Fresh(p) => p.0,
+        CodeRedemption::Replayed { session_id } => {
+            // RFC 6749 §4.1.2: a code used twice may have been stolen; end what it granted.
+            tracing::warn!("authorization code presented twice; ending the session it created");
+            if let Some(id) = session_id {
+                if let Some(session) = app
+                    .store
+                    .session(&id)
+                    .await
+                    .map_err(store_error("load session"))?
+                {
+                    end_session(app, &session, "authorization code replayed")
+                        .await
+                        .map_err(store_error("end session"))?;
+                }
+            }
+            return Err(RouteError::InvalidGrant(
+                "the code has already been used".into(),
+            ));
+        }
+        CodeRedemption::Unknown => {
+            return Err(RouteError::InvalidGrant(
+                "the code is unknown or expired".into(),
+            ))
+        }
+    };
+    // The code is spent from here on, whatever happens.
+    if !constant_time_eq(client_id.as_bytes(), pending.client_id.as_bytes()) {
+        return Err(RouteError::InvalidGrant(
+            "the code was issued to another client".into(),
+        ));
+    }
+    if redirect_uri != pending.redirect_uri {
+        return Err(RouteError::InvalidGrant(
+            "redirect_uri differs from the authorization request".into(),
+        ));
+    }
+    if !constant_time_eq(
+        pkce_s256(verifier).as_bytes(),
+        pending.code_challenge.as_bytes(),
+    ) {
+        return Err(RouteError::InvalidGrant(
+            "code_verifier does not match the code_challenge".into(),
+        ));
+    }
+    let login = pending
+        .login
+        .as_ref()
+        .ok_or_else(|| RouteError::InvalidGrant("the sign-in is not complete".into()))?;
+    let sealed: SealedTokens = app
+        .sealer
+        .open(&login.sealed_tokens)
+        .ok()
+        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .ok_or_else(|| RouteError::Internal(internal("open sealed tokens", &"cannot open")))?;
+    let scope = MatrixScope::parse(&pending.scope)
+        .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
+
+    // The device must exist before the client's first request, or Synapse answers 401.
+    let client = app
+        .store
+        .client(&pending.client_id)
+        .await
+        .map_err(store_error("load client"))?;
+    let device_name = client
+        .and_then(|c| serde_json::from_value::<ClientMetadata>(c.metadata).ok())
+        .and_then(|m| m.client_name);
+    app.homeserver
+        .upsert_device(&login.localpart, &pending.device_id, device_name.as_deref())
+        .await
+        .map_err(|e| {
+            RouteError::Unavailable(format!(
+                "the homeserver is not reachable ({})",
+                internal("upsert device", &e)
+            ))
+        })?;
+
+    let expires_in = login
+        .access_expires_in
+        .map(|s| s as i64)
+        .unwrap_or(app.lifetimes.default_access_token);
+    let session = Session {
+        id: random_token(16),
+        provider: app.mapping.provider_name.clone(),
+        subject: login.subject.clone(),
+        localpart: login.localpart.clone(),
+        device_id: pending.device_id.clone(),
+        client_id: pending.client_id.clone(),
+        idp_sid: login.idp_sid.clone(),
+        scope: pending.scope.clone(),
+        admin: login.admin,
+        state: SessionState::Active,
+        sealed_refresh_token: sealed
+            .refresh_token
+            .as_deref()
+            .map(|t| app.sealer.seal_str(t)),
+        created_at: now,
+        ended_at: None,
+        end_reason: None,
+    };
+    let mut tokens = vec![TokenRecord {
+        hash: TokenHash::of(&sealed.access_token),
+        session_id: session.id.clone(),
+        kind: TokenKind::Access,
+        expires_at: Some(now + expires_in),
+        issued_at: now,
+        rotated_at: None,
+    }];
+    if let Some(refresh) = &sealed.refresh_token {
+        tokens.push(TokenRecord {
+            hash: TokenHash::of(refresh),
+            session_id: session.id.clone(),
+            kind: TokenKind::Refresh,
+            expires_at: None,
+            issued_at: now,
+            rotated_at: None,
+        });
+    }
+    app.store
+        .add_session(&session, &tokens)
+        .await
+        .map_err(store_error("add session"))?;
+    app.store
+        .link_code_session(code_hash, &session.id)
+        .await
+        .map_err(store_error("link code"))?;
+    tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, "session started");
+    Ok(token_response(
+        &SecretString::new(sealed.access_token),
+        sealed.refresh_token.map(SecretString::new).as_ref(),
+        expires_in,
+        &scope.granted_string(login.admin),
+    ))
+}
+
+async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
+    let presented = required(&form.refresh_token, "refresh_token")?;
+    let client_id = required(&form.client_id, "client_id")?;
+    let now = now_unix();
+    let hash = TokenHash::of(presented);
+    let Some((token, session)) = app
+        .store
+        .token(hash)
+        .await
+        .map_err(store_error("load token"))?
+    else {
+        return Err(RouteError::InvalidGrant(
+            "the refresh token is unknown".into(),
+        ));
+    };
+    if token.kind != TokenKind::Refresh || session.state != SessionState::Active {
+        return Err(RouteError::InvalidGrant(
+            "the refresh token is not valid".into(),
+        ));
+    }
+    if !constant_time_eq(client_id.as_bytes(), session.client_id.as_bytes()) {
+        return Err(RouteError::InvalidGrant(
+            "the refresh token was issued to another client".into(),
+        ));
+    }
+    if token.rotated_at.is_some() {
+        // MSC2964: reuse of a rotated refresh token means it leaked; end the session.
+        tracing::warn!(session = %session.id, "rotated refresh token presented again; ending the session");
+        end_session(app, &session, "refresh token reused")
+            .await
+            .map_err(store_error("end session"))?;
+        return Err(RouteError::InvalidGrant(
+            "the refresh token has been used already".into(),
+        ));
+    }
+    let upstream = app.upstream.get().ok_or_else(|| {
+        RouteError::Unavailable("the identity provider is not reachable yet".into())
+    })?;
+    let fresh = match upstream.refresh(presented).await {
+        Ok(tokens) => tokens,
+        Err(UpstreamError::InvalidGrant(reason)) => {
+            // The IdP ended the session (logout, disabled user, expiry): end it here too.
+            tracing::info!(session = %session.id, %reason, "the IdP refused the refresh");
+            end_session(app, &session, "IdP refused refresh")
+                .await
+                .map_err(store_error("end session"))?;
+            return Err(RouteError::InvalidGrant(
+                "the session has ended at the identity provider".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(RouteError::Unavailable(format!(
+                "the identity provider did not answer ({})",
+                internal("refresh at IdP", &e)
+            )))
+        }
+    };
+    let expires_in = fresh
+        .expires_in
+        .map(|s| s as i64)
+        .unwrap_or(app.lifetimes.default_access_token);
+    // An IdP that does not rotate refresh tokens returns none: the client keeps its own.
+    let new_refresh = fresh
+        .refresh_token
+        .clone()
+        .filter(|r| TokenHash::of(r.expose()) != hash);
+    let mut tokens = vec![TokenRecord {
+        hash: TokenHash::of(fresh.access_token.expose()),
+        session_id: session.id.clone(),
+        kind: TokenKind::Access,
+        expires_at: Some(now + expires_in),
+        issued_at: now,
+        rotated_at: None,
+    }];
+    if let Some(r) = &new_refresh {
+        tokens.push(TokenRecord {
+            hash: TokenHash::of(r.expose()),
+            session_id: session.id.clone(),
+            kind: TokenKind::Refresh,
+            expires_at: None,
+            issued_at: now,
+            rotated_at: None,
+        });
+    }
+    let sealed = new_refresh
+        .as_ref()
+        .map(|r| app.sealer.seal_str(r.expose()));
+    let evicted = app
+        .store
+        .rotate_tokens(
+            &session.id,
+            new_refresh.as_ref().map(|_| hash),
+            &tokens,
+            sealed.as_deref(),
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => {
+                RouteError::InvalidGrant("the refresh token has been used already".into())
+            }
+            e => RouteError::Internal(internal("rotate tokens", &e)),
+        })?;
+    app.cache.remove(&evicted);
+    let scope = MatrixScope::parse(&session.scope)
+        .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
+    let refresh_out = new_refresh.unwrap_or_else(|| SecretString::new(presented));
+    Ok(token_response(
+        &fresh.access_token,
+        Some(&refresh_out),
+        expires_in,
+        &scope.granted_string(session.admin),
+    ))
+}
+
+fn token_response(
+    access: &SecretString,
+    refresh: Option<&SecretString>,
+    expires_in: i64,
+    scope: &str,
+) -> Response {
+    let mut body = json!({
+        "access_token": access.expose(),
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": scope,
+    });
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh.expose());
+    }
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    super::no_store(&mut response);
+    response
+}

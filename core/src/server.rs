@@ -1,0 +1,199 @@
+//! Building the application from configuration and running it: the store opens (migrations
+//! run), the IdP is discovered in the background (mxidp starts and reports not-ready while the
+//! IdP is unreachable), expired sign-ins are pruned, and shutdown is graceful.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::cache::IntrospectionCache;
+use crate::config::{Config, ConflictMode};
+use crate::crypto::Sealer;
+use crate::homeserver::{HomeserverConnection, SynapseConnection};
+use crate::http::{App, AppState, Lifetimes, MappingSettings, UpstreamSlot};
+use crate::identity::{AccessPolicy, AdminPolicy, ConflictPolicy, LocalpartTemplate};
+use crate::provider::Provider;
+use crate::store::{SqliteStore, Store};
+use crate::upstream::{Upstream, UpstreamSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Problem(crate::config::Problem),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError> {
+    let up = &config.upstream;
+    Ok(UpstreamSettings {
+        issuer: up.issuer.clone(),
+        client_id: up.client_id.clone(),
+        client_secret: config.client_secret().map_err(BuildError::Problem)?,
+        auth_method: up.auth_method,
+        scopes: up.scopes.clone(),
+        allowed_algorithms: up
+            .allowed_algorithms
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        fetch_userinfo: up.fetch_userinfo,
+        leeway: Duration::from_secs(up.leeway_seconds),
+        jwks_refetch_cooldown: Duration::from_secs(up.jwks_refetch_cooldown_seconds),
+        http_timeout: config.upstream_timeout(),
+    })
+}
+
+pub fn mapping_settings(
+    config: &Config,
+    provider: &dyn Provider,
+) -> Result<MappingSettings, BuildError> {
+    let m = &config.mapping;
+    let template = |key: &str, t: &str| {
+        LocalpartTemplate::parse(t).map_err(|e| {
+            BuildError::Problem(crate::config::Problem {
+                key: key.into(),
+                message: e.to_string(),
+            })
+        })
+    };
+    Ok(MappingSettings {
+        provider_name: provider.name().to_owned(),
+        localpart_template: template("mapping.localpart_template", &m.localpart_template)?,
+        displayname_template: m
+            .displayname_template
+            .as_deref()
+            .map(|t| template("mapping.displayname_template", t))
+            .transpose()?,
+        keep_before_at: m.keep_before_at,
+        conflict: match m.on_conflict {
+            ConflictMode::Fail => ConflictPolicy::Fail,
+            ConflictMode::Suffix => ConflictPolicy::Suffix { max: m.suffix_max },
+        },
+        sync_emails: m.sync_emails,
+        access: config.policy.access.as_ref().map(|r| AccessPolicy {
+            claim: r.claim.clone(),
+            value: r.value.clone(),
+        }),
+        admin: config.policy.admin.as_ref().map(|r| AdminPolicy {
+            claim: r.claim.clone(),
+            value: r.value.clone(),
+        }),
+    })
+}
+
+/// Builds the application state with the given parts (tests inject doubles).
+pub fn assemble(
+    config: &Config,
+    store: Arc<dyn Store>,
+    homeserver: Arc<dyn HomeserverConnection>,
+    provider: Arc<dyn Provider>,
+) -> Result<App, BuildError> {
+    let s = &config.sessions;
+    Ok(Arc::new(AppState {
+        issuer: config.http.public_base.clone(),
+        mapping: mapping_settings(config, provider.as_ref())?,
+        store,
+        homeserver,
+        provider,
+        upstream: UpstreamSlot::default(),
+        matrix_secret: config.matrix_secret().map_err(BuildError::Problem)?,
+        sealer: Sealer::new(&config.encryption_key().map_err(BuildError::Problem)?),
+        cache: IntrospectionCache::new(s.introspection_cache_entries),
+        lifetimes: Lifetimes {
+            pending_authorization: s.pending_authorization_seconds as i64,
+            authorization_code: s.authorization_code_seconds as i64,
+            default_access_token: s.default_access_token_seconds as i64,
+        },
+        account_url: config.upstream.account_url.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+    }))
+}
+
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        // mxidp never follows redirects from the IdP or the homeserver: an answer is an answer.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("mxidp/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| BuildError::Http(e.to_string()))
+}
+
+/// Builds the production application: SQLite store, Synapse connection, the given provider.
+pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, BuildError> {
+    let store = Arc::new(SqliteStore::open(&config.database.url).await?);
+    let homeserver = Arc::new(SynapseConnection::new(
+        config.matrix.endpoint.clone(),
+        config.matrix.homeserver.clone(),
+        config.matrix_secret().map_err(BuildError::Problem)?,
+        http_client(Duration::from_secs(config.matrix.timeout_seconds))?,
+    ));
+    assemble(config, store, homeserver, provider)
+}
+
+/// Discovers the IdP, retrying with back-off until it answers; logs each failure.
+pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let http = match http_client(settings.http_timeout) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the HTTP client");
+                    return;
+                }
+            };
+            match Upstream::discover(settings.clone(), http).await {
+                Ok(upstream) => {
+                    tracing::info!(issuer = %settings.issuer, "identity provider discovered");
+                    app.upstream.set(upstream);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %settings.issuer, error = %e, retry_in_s = delay.as_secs(), "identity provider discovery failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    })
+}
+
+/// Prunes expired sign-ins and codes every minute.
+pub fn spawn_pruning(app: App) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match app.store.prune(crate::ids::now_unix()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "pruned expired sign-ins"),
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    })
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn run(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = crate::http::router(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The issuer's URL joined with a path, for callers outside the HTTP module.
+pub fn public_url(app: &AppState, path: &str) -> Url {
+    app.url(path)
+}

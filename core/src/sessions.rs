@@ -1,0 +1,65 @@
+//! Session lifecycle shared by the token, revocation and (later) event paths: ending a
+//! session everywhere it lives: the store, the introspection cache, the homeserver device and
+//! the IdP.
+
+use crate::http::AppState;
+use crate::ids::now_unix;
+use crate::store::Session;
+use crate::upstream::TokenTypeHint;
+
+/// Ends a session: marks it ended, evicts its tokens from the introspection cache, deletes
+/// the device in the homeserver (how a sign-out takes effect at once, DESIGN §3.1) and revokes
+/// the refresh token at the IdP. Returns false when it had already ended.
+///
+/// The store comes first so that introspection answers inactive even if the homeserver or the
+/// IdP cannot be reached; those failures are logged.
+pub async fn end_session(
+    app: &AppState,
+    session: &Session,
+    reason: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(hashes) = app
+        .store
+        .end_session(&session.id, reason, now_unix())
+        .await?
+    else {
+        return Ok(false);
+    };
+    app.cache.remove(&hashes);
+    tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
+
+    // Another active session of the same user may use the same device id (a client that
+    // signed in twice with one device): keep the device then.
+    let still_used = app
+        .store
+        .active_devices(&session.localpart)
+        .await
+        .map(|devices| devices.contains(&session.device_id))
+        .unwrap_or(false);
+    if !still_used {
+        if let Err(e) = app
+            .homeserver
+            .delete_device(&session.localpart, &session.device_id)
+            .await
+        {
+            tracing::warn!(session = %session.id, error = %e, "could not delete the device in the homeserver");
+        }
+    }
+
+    if let (Some(sealed), Some(upstream)) = (&session.sealed_refresh_token, app.upstream.get()) {
+        match app.sealer.open_secret(sealed) {
+            Ok(refresh) => {
+                if let Err(e) = upstream
+                    .revoke(refresh.expose(), TokenTypeHint::RefreshToken)
+                    .await
+                {
+                    tracing::warn!(session = %session.id, error = %e, "could not revoke the session at the IdP");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "cannot open the sealed refresh token")
+            }
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,285 @@
+//! Persistence behind one trait. SQLite is the embedded default; PostgreSQL follows.
+//! Tokens are stored only as SHA-256 hashes; the upstream refresh token, which mxidp needs to
+//! end a session at the IdP, is stored sealed (see [`crate::crypto`]).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, Localpart, TokenHash};
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("a record with this key exists already")]
+    Conflict,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+/// A Matrix client registered through MSC2966 dynamic registration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    /// The validated registration metadata, as JSON (see [`crate::registration::ClientMetadata`]).
+    pub metadata: serde_json::Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    Query,
+    Fragment,
+}
+
+/// Where a sign-in stands between `/authorize` and the client's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationStage {
+    /// The browser was sent to the IdP.
+    AtIdp,
+    /// The IdP signed the user in; waiting for consent.
+    AwaitingConsent,
+    /// The client has its code; waiting for the client to redeem it.
+    CodeIssued,
+}
+
+/// A sign-in in progress. Everything the callback and the consent page need, bound to the
+/// browser by the hash of a cookie.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingAuthorization {
+    pub id: String,
+    pub browser_binding: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub response_mode: ResponseMode,
+    pub client_state: Option<String>,
+    pub code_challenge: String,
+    pub scope: String,
+    pub device_id: DeviceId,
+    /// Requested by the client with `prompt=create`.
+    pub signup: bool,
+    /// The state, nonce and PKCE verifier mxidp sent to the IdP.
+    pub upstream_state: String,
+    pub upstream_nonce: String,
+    pub upstream_verifier: String,
+    /// Token the consent form must echo (with the browser cookie) to count.
+    pub csrf: String,
+    pub stage: AuthorizationStage,
+    /// Filled once the IdP signed the user in.
+    pub login: Option<UpstreamLogin>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What the IdP's callback established, kept until the client redeems its code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamLogin {
+    pub subject: String,
+    pub localpart: Localpart,
+    pub idp_sid: Option<String>,
+    pub admin: bool,
+    /// The IdP's tokens, sealed with the store key: handed to the client at `/token`.
+    pub sealed_tokens: String,
+    pub access_expires_in: Option<u64>,
+    /// Profile to sync to the homeserver once the user consents.
+    pub display_name: Option<String>,
+    pub emails: Vec<String>,
+}
+
+/// The (provider, subject) → localpart link. Rows are never deleted: a deleted identity keeps
+/// its row as a tombstone so that its localpart is never given to another subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub provider: String,
+    pub subject: String,
+    pub localpart: Localpart,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Active,
+    Ended,
+}
+
+/// One signed-in Matrix device: an mxidp session wrapping the IdP's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub provider: String,
+    pub subject: String,
+    pub localpart: Localpart,
+    pub device_id: DeviceId,
+    pub client_id: String,
+    pub idp_sid: Option<String>,
+    /// The Matrix scope granted, in the client's family.
+    pub scope: String,
+    pub admin: bool,
+    pub state: SessionState,
+    /// The upstream refresh token, sealed; used to end the session at the IdP.
+    pub sealed_refresh_token: Option<String>,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// A token handed to a client, by hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub hash: TokenHash,
+    pub session_id: String,
+    pub kind: TokenKind,
+    /// Unix time; `None` when the IdP gave no lifetime (refresh tokens often).
+    pub expires_at: Option<i64>,
+    pub issued_at: i64,
+    /// Set when a refresh rotated it out. Presenting a rotated refresh token again is treated
+    /// as theft (MSC2964) and ends the session.
+    pub rotated_at: Option<i64>,
+}
+
+/// What redeeming an authorization code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRedemption {
+    /// First use: the pending authorization to turn into a session.
+    Fresh(RedeemedAuthorization),
+    /// The code was used before: the session it created (to be ended).
+    Replayed {
+        session_id: Option<String>,
+    },
+    Unknown,
+}
+
+/// A redeemed code's pending authorization (boxed separately to keep the enum small).
+#[derive(Debug, Clone)]
+pub struct RedeemedAuthorization(pub Box<PendingAuthorization>);
+
+impl PartialEq for RedeemedAuthorization {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for RedeemedAuthorization {}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Checks that the database answers (for `/health/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn add_client(&self, client: &RegisteredClient) -> Result<(), StoreError>;
+    async fn client(&self, client_id: &str) -> Result<Option<RegisteredClient>, StoreError>;
+
+    async fn add_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError>;
+    async fn pending(&self, id: &str) -> Result<Option<PendingAuthorization>, StoreError>;
+    async fn pending_by_upstream_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError>;
+    async fn update_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError>;
+    async fn delete_pending(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Issues a single-use code for a pending authorization that has consent.
+    async fn add_code(
+        &self,
+        code: TokenHash,
+        pending_id: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Marks the code used (atomically) and returns what it was for.
+    async fn redeem_code(&self, code: TokenHash, now: i64) -> Result<CodeRedemption, StoreError>;
+    /// Remembers which session a code created, so a replay can end it.
+    async fn link_code_session(&self, code: TokenHash, session_id: &str) -> Result<(), StoreError>;
+
+    async fn identity_by_subject(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<Identity>, StoreError>;
+    /// The identity that holds (or held) a localpart, tombstones included.
+    async fn identity_by_localpart(
+        &self,
+        localpart: &Localpart,
+    ) -> Result<Option<Identity>, StoreError>;
+    /// Fails with [`StoreError::Conflict`] when the subject or the localpart is taken.
+    async fn add_identity(&self, identity: &Identity) -> Result<(), StoreError>;
+    async fn tombstone_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn has_consent(&self, localpart: &Localpart, client_id: &str)
+        -> Result<bool, StoreError>;
+    async fn add_consent(
+        &self,
+        localpart: &Localpart,
+        client_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Creates the session and its tokens in one transaction.
+    async fn add_session(
+        &self,
+        session: &Session,
+        tokens: &[TokenRecord],
+    ) -> Result<(), StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
+    /// The token and its session, for introspection, refresh and revocation.
+    async fn token(&self, hash: TokenHash) -> Result<Option<(TokenRecord, Session)>, StoreError>;
+    /// Refresh: marks the session's access tokens and `old_refresh` (when the IdP rotated it)
+    /// rotated, adds the new tokens and replaces the sealed refresh token. Returns the hashes of
+    /// the rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when
+    /// `old_refresh` was already rotated (a race or a replay).
+    async fn rotate_tokens(
+        &self,
+        session_id: &str,
+        old_refresh: Option<TokenHash>,
+        new_tokens: &[TokenRecord],
+        sealed_refresh_token: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<TokenHash>, StoreError>;
+    /// Ends a session; returns the hashes of its tokens (to evict from caches) when it was active,
+    /// `None` when it had ended already.
+    async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<Vec<TokenHash>>, StoreError>;
+    /// Devices of the user's sessions that are still active.
+    async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError>;
+
+    /// Deletes expired pending authorizations and codes.
+    async fn prune(&self, now: i64) -> Result<u64, StoreError>;
+}

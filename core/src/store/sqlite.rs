@@ -1,0 +1,529 @@
+//! The embedded SQLite store (WAL mode, migrations at start).
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable across application crashes; only an OS crash can lose
+            // the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let in_memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // One connection keeps an in-memory database alive and shared.
+            .max_connections(if in_memory { 1 } else { 8 })
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        Self::open("sqlite::memory:").await
+    }
+}
+
+fn corrupt(what: &str) -> impl FnOnce(crate::ids::IdError) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreError> {
+    Ok(Identity {
+        provider: row.try_get("provider")?,
+        subject: row.try_get("subject")?,
+        localpart: Localpart::parse(row.try_get::<&str, _>("localpart")?)
+            .map_err(corrupt("localpart"))?,
+        created_at: row.try_get("created_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+    })
+}
+
+fn session_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: row.try_get("id")?,
+        provider: row.try_get("provider")?,
+        subject: row.try_get("subject")?,
+        localpart: Localpart::parse(row.try_get::<&str, _>("localpart")?)
+            .map_err(corrupt("localpart"))?,
+        device_id: DeviceId::parse(row.try_get::<&str, _>("device_id")?)
+            .map_err(corrupt("device_id"))?,
+        client_id: row.try_get("client_id")?,
+        idp_sid: row.try_get("idp_sid")?,
+        scope: row.try_get("scope")?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
+        state: if row.try_get::<i64, _>("active")? != 0 {
+            SessionState::Active
+        } else {
+            SessionState::Ended
+        },
+        sealed_refresh_token: row.try_get("sealed_refresh_token")?,
+        created_at: row.try_get("created_at")?,
+        ended_at: row.try_get("ended_at")?,
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+fn pending_from_json(data: &str) -> Result<PendingAuthorization, StoreError> {
+    serde_json::from_str(data)
+        .map_err(|e| StoreError::Corrupt(format!("pending authorization: {e}")))
+}
+
+fn pending_to_json(p: &PendingAuthorization) -> Result<String, StoreError> {
+    serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+async fn insert_tokens(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tokens: &[TokenRecord],
+) -> Result<(), StoreError> {
+    for t in tokens {
+        sqlx::query("INSERT INTO tokens (hash, session_id, kind, expires_at, issued_at, rotated_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(t.hash.to_hex())
+            .bind(&t.session_id)
+            .bind(t.kind.as_str())
+            .bind(t.expires_at)
+            .bind(t.issued_at)
+            .bind(t.rotated_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+const SESSION_COLUMNS: &str =
+    "s.id, s.provider, s.subject, s.localpart, s.device_id, s.client_id, s.idp_sid, s.scope, \
+     s.admin, s.active, s.sealed_refresh_token, s.created_at, s.ended_at, s.end_reason";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn add_client(&self, client: &RegisteredClient) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO clients (client_id, metadata, created_at) VALUES (?, ?, ?)")
+            .bind(&client.client_id)
+            .bind(client.metadata.to_string())
+            .bind(client.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn client(&self, client_id: &str) -> Result<Option<RegisteredClient>, StoreError> {
+        let row =
+            sqlx::query("SELECT client_id, metadata, created_at FROM clients WHERE client_id = ?")
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(RegisteredClient {
+                client_id: row.try_get("client_id")?,
+                metadata: serde_json::from_str(row.try_get::<&str, _>("metadata")?)
+                    .map_err(|e| StoreError::Corrupt(format!("client metadata: {e}")))?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_pending(&self, p: &PendingAuthorization) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO pending_authorizations (id, upstream_state, data, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&p.id)
+            .bind(&p.upstream_state)
+            .bind(pending_to_json(p)?)
+            .bind(p.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, id: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        let data: Option<String> =
+            sqlx::query_scalar("SELECT data FROM pending_authorizations WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        data.as_deref().map(pending_from_json).transpose()
+    }
+
+    async fn pending_by_upstream_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let data: Option<String> =
+            sqlx::query_scalar("SELECT data FROM pending_authorizations WHERE upstream_state = ?")
+                .bind(state)
+                .fetch_optional(&self.pool)
+                .await?;
+        data.as_deref().map(pending_from_json).transpose()
+    }
+
+    async fn update_pending(&self, p: &PendingAuthorization) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pending_authorizations SET data = ?, expires_at = ? WHERE id = ?")
+            .bind(pending_to_json(p)?)
+            .bind(p.expires_at)
+            .bind(&p.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_pending(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM pending_authorizations WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_code(
+        &self,
+        code: TokenHash,
+        pending_id: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, pending_id, expires_at) VALUES (?, ?, ?)",
+        )
+        .bind(code.to_hex())
+        .bind(pending_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn redeem_code(&self, code: TokenHash, now: i64) -> Result<CodeRedemption, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Marking it used in the same statement that checks it makes redemption single-use even
+        // under concurrent requests.
+        let claimed = sqlx::query(
+            "UPDATE authorization_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL AND expires_at >= ? RETURNING pending_id",
+        )
+        .bind(now)
+        .bind(code.to_hex())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match claimed {
+            Some(row) => {
+                let pending_id: String = row.try_get("pending_id")?;
+                let data: Option<String> =
+                    sqlx::query_scalar("SELECT data FROM pending_authorizations WHERE id = ?")
+                        .bind(&pending_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match data {
+                    Some(data) => {
+                        sqlx::query("DELETE FROM pending_authorizations WHERE id = ?")
+                            .bind(&pending_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        CodeRedemption::Fresh(RedeemedAuthorization(Box::new(pending_from_json(
+                            &data,
+                        )?)))
+                    }
+                    None => CodeRedemption::Unknown,
+                }
+            }
+            None => {
+                let used: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                    "SELECT used_at, session_id FROM authorization_codes WHERE code_hash = ?",
+                )
+                .bind(code.to_hex())
+                .fetch_optional(&mut *tx)
+                .await?;
+                match used {
+                    Some((Some(_), session_id)) => CodeRedemption::Replayed { session_id },
+                    _ => CodeRedemption::Unknown,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn link_code_session(&self, code: TokenHash, session_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE authorization_codes SET session_id = ? WHERE code_hash = ?")
+            .bind(session_id)
+            .bind(code.to_hex())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn identity_by_subject(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query("SELECT * FROM identities WHERE provider = ? AND subject = ?")
+            .bind(provider)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(identity_from_row).transpose()
+    }
+
+    async fn identity_by_localpart(
+        &self,
+        localpart: &Localpart,
+    ) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query("SELECT * FROM identities WHERE localpart = ?")
+            .bind(localpart.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(identity_from_row).transpose()
+    }
+
+    async fn add_identity(&self, i: &Identity) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO identities (provider, subject, localpart, created_at, deleted_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&i.provider)
+            .bind(&i.subject)
+            .bind(i.localpart.as_str())
+            .bind(i.created_at)
+            .bind(i.deleted_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn tombstone_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET deleted_at = ? WHERE provider = ? AND subject = ? AND deleted_at IS NULL")
+            .bind(now)
+            .bind(provider)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn has_consent(
+        &self,
+        localpart: &Localpart,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM consents WHERE localpart = ? AND client_id = ?")
+                .bind(localpart.as_str())
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn add_consent(
+        &self,
+        localpart: &Localpart,
+        client_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO consents (localpart, client_id, granted_at) VALUES (?, ?, ?)",
+        )
+        .bind(localpart.as_str())
+        .bind(client_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn add_session(&self, s: &Session, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, provider, subject, localpart, device_id, client_id, idp_sid, scope, admin, active, \
+             sealed_refresh_token, created_at, ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.provider)
+        .bind(&s.subject)
+        .bind(s.localpart.as_str())
+        .bind(s.device_id.as_str())
+        .bind(&s.client_id)
+        .bind(&s.idp_sid)
+        .bind(&s.scope)
+        .bind(s.admin as i64)
+        .bind((s.state == SessionState::Active) as i64)
+        .bind(&s.sealed_refresh_token)
+        .bind(s.created_at)
+        .bind(s.ended_at)
+        .bind(&s.end_reason)
+        .execute(&mut *tx)
+        .await?;
+        insert_tokens(&mut tx, tokens).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn token(&self, hash: TokenHash) -> Result<Option<(TokenRecord, Session)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT t.kind, t.expires_at AS t_expires_at, t.issued_at AS t_issued_at, t.rotated_at AS t_rotated_at, {SESSION_COLUMNS} \
+             FROM tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?"
+        ))
+        .bind(hash.to_hex())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row)?;
+        let kind = match row.try_get::<&str, _>("kind")? {
+            "access" => TokenKind::Access,
+            "refresh" => TokenKind::Refresh,
+            other => return Err(StoreError::Corrupt(format!("token kind {other}"))),
+        };
+        let token = TokenRecord {
+            hash,
+            session_id: session.id.clone(),
+            kind,
+            expires_at: row.try_get("t_expires_at")?,
+            issued_at: row.try_get("t_issued_at")?,
+            rotated_at: row.try_get("t_rotated_at")?,
+        };
+        Ok(Some((token, session)))
+    }
+
+    async fn rotate_tokens(
+        &self,
+        session_id: &str,
+        old_refresh: Option<TokenHash>,
+        new_tokens: &[TokenRecord],
+        sealed_refresh_token: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(old_refresh) = old_refresh {
+            let rotated = sqlx::query(
+                "UPDATE tokens SET rotated_at = ? WHERE hash = ? AND session_id = ? AND kind = 'refresh' AND rotated_at IS NULL",
+            )
+            .bind(now)
+            .bind(old_refresh.to_hex())
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+            if rotated.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        // The old access tokens die with the refresh: the client got a new one.
+        let evicted: Vec<String> = sqlx::query_scalar(
+            "UPDATE tokens SET rotated_at = ? WHERE session_id = ? AND kind = 'access' AND rotated_at IS NULL RETURNING hash",
+        )
+        .bind(now)
+        .bind(session_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        insert_tokens(&mut tx, new_tokens).await?;
+        if let Some(sealed) = sealed_refresh_token {
+            sqlx::query("UPDATE sessions SET sealed_refresh_token = ? WHERE id = ?")
+                .bind(sealed)
+                .bind(session_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(evicted
+            .iter()
+            .filter_map(|h| TokenHash::from_hex(h))
+            .collect())
+    }
+
+    async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<Vec<TokenHash>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE sessions SET active = 0, ended_at = ?, end_reason = ?, sealed_refresh_token = NULL WHERE id = ? AND active = 1",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if ended.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let hashes: Vec<String> =
+            sqlx::query_scalar("SELECT hash FROM tokens WHERE session_id = ?")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Some(
+            hashes
+                .iter()
+                .filter_map(|h| TokenHash::from_hex(h))
+                .collect(),
+        ))
+    }
+
+    async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT device_id FROM sessions WHERE localpart = ? AND active = 1",
+        )
+        .bind(localpart.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|d| DeviceId::parse(d).map_err(corrupt("device_id")))
+            .collect()
+    }
+
+    async fn prune(&self, now: i64) -> Result<u64, StoreError> {
+        let a = sqlx::query("DELETE FROM pending_authorizations WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        // Used codes are kept a day so that a late replay is still recognised as one.
+        let b = sqlx::query("DELETE FROM authorization_codes WHERE expires_at < ?")
+            .bind(now - 86_400)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(a + b)
+    }
+}
