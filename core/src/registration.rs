@@ -305,8 +305,9 @@ fn check_loopback_redirect(url: &Url, raw: &str) -> Result<(), RegistrationError
     Ok(())
 }
 
-/// RFC 8252 §7.1: a private-use scheme in reverse-DNS form, here tied to the client_uri host
-/// (itself or a parent domain, MSC2966), so an app cannot claim another site's scheme. The URI
+/// RFC 8252 §7.1: a private-use scheme in reverse-DNS form. MSC2966: the scheme "MUST be
+/// prefixed with the client URI hostname in reverse-DNS notation" (`https://element.io/` →
+/// `io.element.elementx:`), so an app cannot claim another site's scheme. The URI
 /// must have no authority: `com.example.app:/cb`, not `com.example.app://cb`.
 fn check_private_use_redirect(
     url: &Url,
@@ -318,13 +319,13 @@ fn check_private_use_redirect(
     let reverse_host: String = base_host.rsplit('.').collect::<Vec<_>>().join(".");
     let is_reverse_dns = scheme.contains('.')
         && (reverse_host == scheme
-            || reverse_host
-                .strip_prefix(scheme)
+            || scheme
+                .strip_prefix(reverse_host.as_str())
                 .is_some_and(|rest| rest.starts_with('.')));
     if !is_reverse_dns {
         return Err(redirect_err(
             raw,
-            "must use a private-use scheme that is the reverse domain name of the client_uri host or of a parent domain",
+            "must use a private-use scheme prefixed with the reverse domain name of the client_uri host",
         ));
     }
     // `scheme://` introduces an authority, even an empty one (`scheme:///cb`).
@@ -522,10 +523,11 @@ mod tests {
 
     #[test]
     fn native_private_use_scheme_reverse_domain_accepted() {
+        // client_uri is https://app.example.com/ (MSC2966's examples, shifted by one label).
         let meta = validate(native(&[
             "com.example.app:/cb",
-            "com.example:/",
-            "com.example:callback",
+            "com.example.app.mobile:/",
+            "com.example.app:callback",
         ]))
         .unwrap();
         assert_eq!(meta.application_type, ApplicationType::Native);
@@ -538,7 +540,9 @@ mod tests {
             "example:/cb",
             "org.example.app:/cb",
             "com.exam:/cb",
-            "com.example.app.evil:/cb",
+            "com.example:/cb",
+            "com.example.ap:/cb",
+            "com.example.appx:/cb",
             "com:/cb",
         ] {
             assert!(

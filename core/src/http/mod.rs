@@ -175,3 +175,6 @@ pub(crate) fn internal(context: &str, error: &dyn std::fmt::Display) -> String {
     tracing::error!(error_id = %id, "{context}: {error}");
     id
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1017 @@
+//! The Matrix-facing OAuth server end to end in one process: the real router over loopback
+//! HTTP, the test OpenID Provider, the in-memory homeserver and an in-memory SQLite store.
+//! Every bad-input case checks the error AND that nothing changed.
+
+use std::sync::Arc;
+
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use url::Url;
+
+use crate::homeserver::MemoryHomeserver;
+use crate::http::authorize::pkce_s256;
+use crate::http::App;
+use crate::ids::{Localpart, TokenHash};
+use crate::provider::GenericOidc;
+use crate::store::SqliteStore;
+use crate::upstream::test_idp::{TestIdp, CLIENT_ID, CLIENT_SECRET};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-synapse";
+const UNSTABLE_API: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
+const STABLE_API: &str = "urn:matrix:client:api:*";
+
+struct Env {
+    idp: TestIdp,
+    app: App,
+    hs: MemoryHomeserver,
+    base: Url,
+    http: reqwest::Client,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+fn config_toml(base: &Url, idp: &TestIdp, extra: &str) -> String {
+    format!(
+        r#"
+[http]
+public_base = "{base}"
+max_body_bytes = 4096
+[database]
+encryption_key = "test-encryption-key-0123456789abcdef"
+[matrix]
+homeserver = "example.org"
+endpoint = "http://127.0.0.1:1/"
+secret = "{SECRET}"
+[upstream]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "unused-here"
+{extra}
+"#,
+        issuer = idp.issuer()
+    )
+}
+
+async fn env() -> Env {
+    env_with("").await
+}
+
+async fn env_with(extra: &str) -> Env {
+    let idp = TestIdp::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base: Url = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mxidp.toml");
+    std::fs::write(&path, config_toml(&base, &idp, extra)).unwrap();
+    let config = crate::config::Config::load(Some(&path)).unwrap();
+    assert_eq!(config.check(), vec![]);
+    let hs = MemoryHomeserver::new("example.org");
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), Arc::new(GenericOidc))
+        .unwrap();
+    let mut settings = idp.upstream_settings();
+    settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
+    app.upstream.set(idp.upstream_with(settings).await);
+    let router = crate::http::router(app.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Env {
+        idp,
+        app,
+        hs,
+        base,
+        http,
+        _server: server,
+    }
+}
+
+/// A client's authorization request, with the PKCE verifier it keeps.
+struct Request {
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    verifier: String,
+    response_mode: Option<&'static str>,
+}
+
+fn device_scope(device: &str) -> String {
+    format!("{UNSTABLE_API} urn:matrix:org.matrix.msc2967.client:device:{device}")
+}
+
+impl Env {
+    fn url(&self, path: &str) -> Url {
+        self.base.join(path).unwrap()
+    }
+
+    async fn register(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("oauth2/registration"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn register_client(&self) -> String {
+        let r = self
+            .register(json!({
+                "client_name": "Test Client",
+                "client_uri": "https://client.example.org/",
+                "redirect_uris": ["https://client.example.org/cb"],
+                "application_type": "web",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none"
+            }))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn request(&self, device: &str) -> Request {
+        Request {
+            client_id: self.register_client().await,
+            redirect_uri: "https://client.example.org/cb".into(),
+            scope: device_scope(device),
+            verifier: crate::ids::random_token(32),
+            response_mode: None,
+        }
+    }
+
+    fn authorize_url(&self, r: &Request, overrides: &[(&str, Option<&str>)]) -> Url {
+        let challenge = pkce_s256(&r.verifier);
+        let mut params: Vec<(String, Option<String>)> = vec![
+            ("client_id".into(), Some(r.client_id.clone())),
+            ("redirect_uri".into(), Some(r.redirect_uri.clone())),
+            ("response_type".into(), Some("code".into())),
+            ("scope".into(), Some(r.scope.clone())),
+            ("state".into(), Some("client-state".into())),
+            ("code_challenge".into(), Some(challenge)),
+            ("code_challenge_method".into(), Some("S256".into())),
+            ("response_mode".into(), r.response_mode.map(String::from)),
+        ];
+        for (k, v) in overrides {
+            if let Some(p) = params.iter_mut().find(|(name, _)| name == k) {
+                p.1 = v.map(String::from);
+            } else {
+                params.push((k.to_string(), v.map(String::from)));
+            }
+        }
+        let mut url = self.url("oauth2/authorize");
+        for (k, v) in params {
+            if let Some(v) = v {
+                url.query_pairs_mut().append_pair(&k, &v);
+            }
+        }
+        url
+    }
+
+    /// /authorize → IdP → callback. Returns the callback response and the browser cookie.
+    async fn to_callback(&self, r: &Request) -> (reqwest::Response, String) {
+        let start = self
+            .http
+            .get(self.authorize_url(r, &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            start.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            start.text().await.unwrap()
+        );
+        let cookie = start.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let at_idp = location(&start);
+        let back = self.http.get(at_idp).send().await.unwrap();
+        let callback = location(&back);
+        assert!(callback.starts_with(self.url("upstream/callback").as_str()));
+        let answer = self
+            .http
+            .get(callback)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        (answer, cookie)
+    }
+
+    /// Answers the consent page; returns the redirect to the client.
+    async fn consent(
+        &self,
+        page: reqwest::Response,
+        cookie: &str,
+        decision: &str,
+    ) -> reqwest::Response {
+        assert_eq!(page.status(), StatusCode::OK);
+        let html = page.text().await.unwrap();
+        let pending = hidden(&html, "pending");
+        let csrf = hidden(&html, "csrf");
+        self.http
+            .post(self.url("consent"))
+            .header(COOKIE, cookie)
+            .form(&[
+                ("pending", pending.as_str()),
+                ("csrf", csrf.as_str()),
+                ("decision", decision),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The whole sign-in; returns the client's code.
+    async fn sign_in(&self, r: &Request) -> String {
+        let (page, cookie) = self.to_callback(r).await;
+        let done = if page.status() == StatusCode::SEE_OTHER {
+            page
+        } else {
+            self.consent(page, &cookie, "allow").await
+        };
+        assert_eq!(done.status(), StatusCode::SEE_OTHER);
+        let to: Url = location(&done).parse().unwrap();
+        assert!(to.as_str().starts_with(&r.redirect_uri), "{to}");
+        let params: std::collections::HashMap<String, String> = match r.response_mode {
+            Some("fragment") => url::form_urlencoded::parse(to.fragment().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+            _ => to.query_pairs().into_owned().collect(),
+        };
+        assert_eq!(
+            params.get("state").map(String::as_str),
+            Some("client-state")
+        );
+        params
+            .get("code")
+            .cloned()
+            .unwrap_or_else(|| panic!("no code in {to}"))
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(self.url("oauth2/token"))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn exchange(&self, r: &Request, code: &str) -> reqwest::Response {
+        self.token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &r.redirect_uri),
+            ("code_verifier", &r.verifier),
+            ("client_id", &r.client_id),
+        ])
+        .await
+    }
+
+    async fn tokens(&self, r: &Request) -> Value {
+        let code = self.sign_in(r).await;
+        let answer = self.exchange(r, &code).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        answer.json().await.unwrap()
+    }
+
+    async fn introspect_with(&self, secret: &str, token: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("oauth2/introspect"))
+            .bearer_auth(secret)
+            .header("X-MAS-Supports-Device-Id", "1")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn introspect(&self, token: &str) -> Value {
+        let r = self.introspect_with(SECRET, token).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location in a {} answer", r.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in page"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn alice() -> Localpart {
+    Localpart::parse("alice").unwrap()
+}
+
+#[tokio::test]
+async fn full_flow_sign_in_introspect_refresh_revoke() {
+    let env = env().await;
+    let r = env.request("DEVICEABCDEF").await;
+    let tokens = env.tokens(&r).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert!(tokens["expires_in"].as_i64().unwrap() > 0);
+    assert_eq!(tokens["scope"], device_scope("DEVICEABCDEF"));
+    assert!(
+        tokens.get("id_token").is_none(),
+        "the IdP's ID token is for mxidp only"
+    );
+
+    // Synapse's view: both scope families, the device, the localpart.
+    let i = env.introspect(access).await;
+    assert_eq!(i["active"], true);
+    assert_eq!(i["username"], "alice");
+    assert_eq!(i["sub"], "alice-sub");
+    assert_eq!(i["device_id"], "DEVICEABCDEF");
+    let scope = i["scope"].as_str().unwrap();
+    for s in [
+        STABLE_API,
+        UNSTABLE_API,
+        "urn:matrix:client:device:DEVICEABCDEF",
+        "urn:matrix:org.matrix.msc2967.client:device:DEVICEABCDEF",
+    ] {
+        assert!(scope.split(' ').any(|x| x == s), "{s} missing from {scope}");
+    }
+    assert!(!scope.contains("urn:synapse:admin:*"));
+    assert!(i["expires_in"].is_i64());
+
+    // The user and the device exist in the homeserver before the client's first request.
+    let user = env.hs.user(&alice()).expect("provisioned");
+    assert_eq!(user.display_name.as_deref(), Some("Alice Liddell"));
+    assert!(env
+        .hs
+        .devices(&alice())
+        .iter()
+        .any(|d| d.as_str() == "DEVICEABCDEF"));
+
+    // Refresh rotates: new tokens work, the old access token is inactive.
+    let refreshed: Value = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &r.client_id),
+        ])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access2 = refreshed["access_token"].as_str().unwrap();
+    let refresh2 = refreshed["refresh_token"].as_str().unwrap();
+    assert_ne!(access2, access);
+    assert_ne!(refresh2, refresh);
+    assert_eq!(env.introspect(access).await, json!({"active": false}));
+    assert_eq!(env.introspect(access2).await["active"], true);
+
+    // Revoking the access token ends the whole session: both tokens, the device, the IdP.
+    let revoked = env
+        .http
+        .post(env.url("oauth2/revoke"))
+        .form(&[
+            ("token", access2),
+            ("token_type_hint", "access_token"),
+            ("client_id", &r.client_id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(env.introspect(access2).await, json!({"active": false}));
+    assert!(
+        env.hs.devices(&alice()).is_empty(),
+        "device deleted in the homeserver"
+    );
+    let again = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh2),
+            ("client_id", &r.client_id),
+        ])
+        .await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    let revoked_at_idp: Vec<String> = env
+        .idp
+        .revoked_tokens()
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    assert!(
+        revoked_at_idp.iter().any(|t| t == refresh2),
+        "refresh token revoked at the IdP"
+    );
+    assert!(
+        revoked_at_idp.iter().any(|t| t == access2),
+        "access token revoked at the IdP"
+    );
+}
+
+#[tokio::test]
+async fn js_sdk_style_stable_scopes_fragment_mode_and_refresh_token_revocation() {
+    let env = env().await;
+    let mut r = env.request("JSDEVICE0001").await;
+    r.scope = format!("{STABLE_API} urn:matrix:client:device:JSDEVICE0001");
+    r.response_mode = Some("fragment");
+    let tokens = env.tokens(&r).await;
+    assert_eq!(tokens["scope"], r.scope);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(env.introspect(access).await["active"], true);
+    // Revoking the refresh token ends the session too.
+    let revoked = env
+        .http
+        .post(env.url("oauth2/revoke"))
+        .form(&[
+            ("token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", r.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(env.introspect(access).await["active"], false);
+}
+
+#[tokio::test]
+async fn consent_is_remembered_per_user_and_client_and_deny_returns_access_denied() {
+    let env = env().await;
+    let r = env.request("DEVICE000001").await;
+    env.tokens(&r).await;
+    // Same client again: straight back to the client, no page.
+    let mut again = Request {
+        scope: device_scope("DEVICE000002"),
+        ..r
+    };
+    again.verifier = crate::ids::random_token(32);
+    let (answer, _) = env.to_callback(&again).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert!(location(&answer).contains("code="));
+
+    // A new client asks again; denying sends access_denied and creates nothing.
+    let other = env.request("DEVICE000003").await;
+    let (page, cookie) = env.to_callback(&other).await;
+    let denied = env.consent(page, &cookie, "deny").await;
+    assert!(location(&denied).contains("error=access_denied"));
+    assert!(!env
+        .hs
+        .devices(&alice())
+        .iter()
+        .any(|d| d.as_str() == "DEVICE000003"));
+}
+
+#[tokio::test]
+async fn consent_form_without_the_browser_cookie_is_refused() {
+    let env = env().await;
+    let r = env.request("DEVICE000004").await;
+    let (page, _cookie) = env.to_callback(&r).await;
+    let refused = env
+        .consent(
+            page,
+            "mxidp_binding=someone-elses-cookie-value-000000000000",
+            "allow",
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(env
+        .hs
+        .calls()
+        .iter()
+        .all(|c| !c.starts_with("provision_user")));
+}
+
+async fn assert_page_without_redirect(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.headers().get(LOCATION).is_none(),
+        "must not redirect to an unverified URI"
+    );
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn unregistered_client_and_unregistered_redirect_uri_get_a_page_not_a_redirect() {
+    let env = env().await;
+    let mut r = env.request("DEVICE000005").await;
+    r.client_id = "not-a-client".into();
+    let page = assert_page_without_redirect(
+        env.http
+            .get(env.authorize_url(&r, &[]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(page.contains("not registered"));
+
+    let r = env.request("DEVICE000006").await;
+    let bad = env.authorize_url(
+        &r,
+        &[("redirect_uri", Some("https://attacker.example.net/cb"))],
+    );
+    assert_page_without_redirect(env.http.get(bad).send().await.unwrap()).await;
+    assert!(
+        env.idp.authorize_requests().is_empty(),
+        "nothing reached the IdP"
+    );
+}
+
+async fn client_error(env: &Env, url: Url) -> String {
+    let answer = env.http.get(url).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let to: Url = location(&answer).parse().unwrap();
+    assert!(to.as_str().starts_with("https://client.example.org/cb"));
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("client-state"));
+    q["error"].clone()
+}
+
+#[tokio::test]
+async fn pkce_is_mandatory_and_s256_only() {
+    let env = env().await;
+    let r = env.request("DEVICE000007").await;
+    let missing = env.authorize_url(
+        &r,
+        &[("code_challenge", None), ("code_challenge_method", None)],
+    );
+    assert_eq!(client_error(&env, missing).await, "invalid_request");
+    let plain = env.authorize_url(&r, &[("code_challenge_method", Some("plain"))]);
+    assert_eq!(client_error(&env, plain).await, "invalid_request");
+    let no_method = env.authorize_url(&r, &[("code_challenge_method", None)]);
+    assert_eq!(client_error(&env, no_method).await, "invalid_request");
+    assert!(env.idp.authorize_requests().is_empty());
+}
+
+#[tokio::test]
+async fn scope_rules_are_enforced_at_authorize() {
+    let env = env().await;
+    let r = env.request("DEVICE000008").await;
+    let cases = [
+        format!("{STABLE_API} urn:matrix:org.matrix.msc2967.client:device:DEVICE000008"),
+        format!("{UNSTABLE_API} urn:matrix:org.matrix.msc2967.client:device:DEVICE000008 urn:matrix:org.matrix.msc2967.client:device:DEVICE000009"),
+        "urn:matrix:org.matrix.msc2967.client:device:DEVICE000008".to_string(),
+        format!("{UNSTABLE_API} urn:matrix:org.matrix.msc2967.client:device:SHORT"),
+        format!("{UNSTABLE_API} urn:matrix:org.matrix.msc2967.client:device:BAD\"DEVICE01"),
+        format!("{UNSTABLE_API} urn:matrix:org.matrix.msc2967.client:device:BAD\\DEVICE01"),
+    ];
+    for scope in cases {
+        let url = env.authorize_url(&r, &[("scope", Some(&scope))]);
+        assert_eq!(
+            client_error(&env, url).await,
+            "invalid_scope",
+            "scope {scope}"
+        );
+    }
+    assert!(env.idp.authorize_requests().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_code_verifier_fails_and_spends_the_code() {
+    let env = env().await;
+    let r = env.request("DEVICE000010").await;
+    let code = env.sign_in(&r).await;
+    let wrong = env
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &r.redirect_uri),
+            (
+                "code_verifier",
+                "wrong-verifier-wrong-verifier-wrong-verifier-00",
+            ),
+            ("client_id", &r.client_id),
+        ])
+        .await;
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    assert!(
+        env.hs.devices(&alice()).is_empty(),
+        "no device without tokens"
+    );
+    let right = env.exchange(&r, &code).await;
+    assert_eq!(
+        right.status(),
+        StatusCode::BAD_REQUEST,
+        "the code is single use"
+    );
+}
+
+#[tokio::test]
+async fn a_code_used_twice_fails_and_ends_the_session_it_created() {
+    let env = env().await;
+    let r = env.request("DEVICE000011").await;
+    let code = env.sign_in(&r).await;
+    let first: Value = env.exchange(&r, &code).await.json().await.unwrap();
+    let access = first["access_token"].as_str().unwrap();
+    assert_eq!(env.introspect(access).await["active"], true);
+    let second = env.exchange(&r, &code).await;
+    assert_eq!(second.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        second.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    assert_eq!(env.introspect(access).await["active"], false);
+    assert!(env.hs.devices(&alice()).is_empty());
+}
+
+#[tokio::test]
+async fn callback_with_unknown_state_or_another_browser_is_refused() {
+    let env = env().await;
+    let r = env.request("DEVICE000012").await;
+    let unknown = env
+        .http
+        .get(env.url("upstream/callback?state=forged&code=whatever"))
+        .send()
+        .await
+        .unwrap();
+    assert_page_without_redirect(unknown).await;
+
+    let start = env
+        .http
+        .get(env.authorize_url(&r, &[]))
+        .send()
+        .await
+        .unwrap();
+    let back = env.http.get(location(&start)).send().await.unwrap();
+    let callback = location(&back);
+    let other_browser = env
+        .http
+        .get(&callback)
+        .header(
+            COOKIE,
+            "mxidp_binding=attackers-own-browser-cookie-0000000000",
+        )
+        .send()
+        .await
+        .unwrap();
+    let page = assert_page_without_redirect(other_browser).await;
+    assert!(page.contains("another browser"));
+    let no_cookie = env.http.get(&callback).send().await.unwrap();
+    assert_page_without_redirect(no_cookie).await;
+    assert!(
+        env.idp.token_requests().is_empty(),
+        "the IdP code was not exchanged"
+    );
+    assert!(env.hs.calls().is_empty());
+}
+
+#[tokio::test]
+async fn bad_id_tokens_are_refused_and_change_nothing() {
+    let env = env().await;
+    let expired = crate::ids::now_unix() - 3600;
+    let cases: Vec<(&str, Value, Value)> = vec![
+        ("wrong aud", json!({}), json!({"aud": "someone-else"})),
+        (
+            "wrong iss",
+            json!({}),
+            json!({"iss": "https://evil.example.com/"}),
+        ),
+        ("wrong nonce", json!({}), json!({"nonce": "not-the-nonce"})),
+        (
+            "expired",
+            json!({}),
+            json!({"exp": expired, "iat": expired - 600}),
+        ),
+        ("alg none", json!({"alg": "none"}), json!({})),
+        (
+            "HS256 with the public key",
+            json!({"alg": "HS256"}),
+            json!({}),
+        ),
+    ];
+    for (name, header, claims) in cases {
+        let r = env.request("DEVICE000013").await;
+        env.idp.forge_next_id_token(header, claims);
+        let (answer, _) = env.to_callback(&r).await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{name}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains("ID token is not valid"), "{name}: {page}");
+    }
+    assert!(env.hs.calls().is_empty(), "nothing reached the homeserver");
+    assert!(env
+        .app
+        .store
+        .identity_by_subject("generic", "alice-sub")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn introspection_secret_unknown_tokens_and_body_limit() {
+    let env = env().await;
+    let wrong = env.introspect_with("not-the-secret", "anything").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap(),
+        json!({"error": "access_denied"})
+    );
+    let missing = env
+        .http
+        .post(env.url("oauth2/introspect"))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        env.introspect("unknown-token").await,
+        json!({"active": false})
+    );
+
+    let big = "x".repeat(10_000);
+    for path in [
+        "oauth2/introspect",
+        "oauth2/token",
+        "oauth2/registration",
+        "oauth2/revoke",
+    ] {
+        let r = env
+            .http
+            .post(env.url(path))
+            .bearer_auth(SECRET)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={big}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn registration_rules() {
+    let env = env().await;
+    let cases = [
+        (
+            json!({"client_uri": "https://app.example.com/", "redirect_uris": ["http://app.example.com/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"client_uri": "https://app.example.com/", "redirect_uris": ["https://app.example.com/cb#frag"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"client_uri": "https://app.example.com/", "application_type": "native", "redirect_uris": ["org.evil.app:/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"client_uri": "https://app.example.com/", "redirect_uris": ["https://other.example.net/cb"]}),
+            "invalid_redirect_uri",
+        ),
+    ];
+    for (body, error) in cases {
+        let r = env.register(body.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], error, "{body}");
+    }
+    let not_json = env
+        .http
+        .post(env.url("oauth2/registration"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    let native = env
+        .register(json!({
+            "client_uri": "https://element.io/",
+            "application_type": "native",
+            "redirect_uris": ["io.element.elementx:/callback", "http://127.0.0.1/cb"],
+        }))
+        .await;
+    assert_eq!(native.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn metadata_satisfies_synapse_and_both_sdks() {
+    let env = env().await;
+    let m: Value = env
+        .http
+        .get(env.url(".well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["issuer"], env.base.as_str());
+    for key in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "revocation_endpoint",
+        "registration_endpoint",
+        "account_management_uri",
+    ] {
+        assert!(
+            m[key].as_str().unwrap().starts_with(env.base.as_str()),
+            "{key}"
+        );
+    }
+    assert_eq!(m["response_modes_supported"], json!(["query", "fragment"]));
+    assert_eq!(m["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(
+        m["grant_types_supported"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    // The test IdP advertises prompt=create, so mxidp offers sign-up.
+    assert_eq!(m["prompt_values_supported"], json!(["create"]));
+}
+
+#[tokio::test]
+async fn two_subjects_with_the_same_name_never_share_an_account() {
+    let env = env().await;
+    env.tokens(&env.request("DEVICE000014").await).await;
+    env.idp.set_next_login(
+        json!({"sub": "mallory-sub", "preferred_username": "alice", "name": "Not Alice"}),
+    );
+    let (page, _) = env.to_callback(&env.request("DEVICE000015").await).await;
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    assert!(page.text().await.unwrap().contains("already taken"));
+    assert!(env
+        .app
+        .store
+        .identity_by_subject("generic", "mallory-sub")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        env.hs.user(&alice()).unwrap().display_name.as_deref(),
+        Some("Alice Liddell")
+    );
+}
+
+#[tokio::test]
+async fn suffix_policy_gives_the_second_subject_its_own_localpart() {
+    let env = env_with("[mapping]\non_conflict = \"suffix\"").await;
+    env.tokens(&env.request("DEVICE000016").await).await;
+    env.idp
+        .set_next_login(json!({"sub": "other-sub", "preferred_username": "alice"}));
+    let tokens = env.tokens(&env.request("DEVICE000017").await).await;
+    let i = env
+        .introspect(tokens["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(i["username"], "alice-2");
+}
+
+#[tokio::test]
+async fn email_like_username_yields_a_valid_localpart() {
+    let env = env().await;
+    env.idp
+        .set_next_login(json!({"sub": "jd-sub", "preferred_username": "John.Doe@Example.COM"}));
+    let tokens = env.tokens(&env.request("DEVICE000018").await).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["username"],
+        "john.doe"
+    );
+}
+
+#[tokio::test]
+async fn a_tombstoned_localpart_is_never_reassigned() {
+    let env = env_with("[mapping]\non_conflict = \"suffix\"").await;
+    env.tokens(&env.request("DEVICE000019").await).await;
+    env.app
+        .store
+        .tombstone_identity("generic", "alice-sub", crate::ids::now_unix())
+        .await
+        .unwrap();
+    // The deleted subject cannot come back...
+    let (page, _) = env.to_callback(&env.request("DEVICE000020").await).await;
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    // ...and a new subject with the same name does not get "alice".
+    env.idp
+        .set_next_login(json!({"sub": "new-alice-sub", "preferred_username": "alice"}));
+    let tokens = env.tokens(&env.request("DEVICE000021").await).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["username"],
+        "alice-2"
+    );
+}
+
+#[tokio::test]
+async fn access_policy_refuses_with_a_page_and_no_account() {
+    let env = env_with("[policy]\naccess = { claim = \"groups\", value = \"matrix-users\" }").await;
+    let (page, _) = env.to_callback(&env.request("DEVICE000022").await).await;
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    assert!(page.text().await.unwrap().contains("not given you access"));
+    assert!(env
+        .hs
+        .calls()
+        .iter()
+        .all(|c| !c.starts_with("provision_user")));
+}
+
+#[tokio::test]
+async fn admin_policy_grants_the_synapse_admin_scope() {
+    let env = env_with("[policy]\nadmin = { claim = \"groups\", value = \"matrix-admins\" }").await;
+    env.idp.set_next_login(
+        json!({"sub": "boss-sub", "preferred_username": "boss", "groups": ["matrix-admins"]}),
+    );
+    let tokens = env.tokens(&env.request("DEVICE000023").await).await;
+    let i = env
+        .introspect(tokens["access_token"].as_str().unwrap())
+        .await;
+    assert!(i["scope"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "urn:synapse:admin:*"));
+}
+
+#[tokio::test]
+async fn an_idp_that_ends_the_session_makes_refresh_fail_and_deletes_the_device() {
+    let env = env().await;
+    let r = env.request("DEVICE000024").await;
+    let tokens = env.tokens(&r).await;
+    env.idp.fail_refresh_with_invalid_grant(true);
+    let answer = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &r.client_id),
+        ])
+        .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["active"],
+        false
+    );
+    assert!(env.hs.devices(&alice()).is_empty());
+}
+
+#[tokio::test]
+async fn a_reused_rotated_refresh_token_ends_the_session() {
+    let env = env().await;
+    let r = env.request("DEVICE000025").await;
+    let tokens = env.tokens(&r).await;
+    let old = tokens["refresh_token"].as_str().unwrap();
+    let fresh: Value = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", old),
+            ("client_id", &r.client_id),
+        ])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let replay = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", old),
+            ("client_id", &r.client_id),
+        ])
+        .await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        env.introspect(fresh["access_token"].as_str().unwrap())
+            .await["active"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_stored_only_as_hashes() {
+    let env = env().await;
+    let tokens = env.tokens(&env.request("DEVICE000026").await).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (record, session) = env
+        .app
+        .store
+        .token(TokenHash::of(access))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.hash, TokenHash::of(access));
+    let sealed = session.sealed_refresh_token.unwrap();
+    assert!(!sealed.contains(tokens["refresh_token"].as_str().unwrap()));
+}
