@@ -72,36 +72,38 @@ impl ChildProcess {
         timeout: Duration,
     ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
-        let rx = self.stdout_lines.as_ref().expect("stdout receiver");
-        loop {
+        let rx = self.stdout_lines.take().expect("stdout receiver");
+        let result = loop {
             match rx.try_recv() {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(line) if line.starts_with(prefix) => break Ok(line),
                 Ok(_) => continue,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     // stdout closed: the process is gone (or closed stdout).
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    return Err(format!(
-                        "{} closed stdout before printing {prefix:?} (exit: {:?})",
-                        self.name,
-                        self.exited()
+                    let exit = self.exited();
+                    break Err(format!(
+                        "{} closed stdout before printing {prefix:?} (exit: {exit:?})",
+                        self.name
                     ));
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
             }
             if let Some(status) = self.exited() {
-                return Err(format!(
+                break Err(format!(
                     "{} exited with {status} before printing {prefix:?}",
                     self.name
                 ));
             }
             if Instant::now() >= deadline {
-                return Err(format!(
+                break Err(format!(
                     "{} did not print {prefix:?} within {timeout:?}",
                     self.name
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        self.stdout_lines = Some(rx);
+        result
     }
 
     /// Kills the child and reaps it.
