@@ -261,16 +261,14 @@ async fn idp_code_flow_refresh_and_backchannel_logout() {
     let nonce = support::random_string(16);
     let browser_client = browser::client();
     let start = authorize_url(&discovery, &redirect_uri, &state, &nonce, &challenge);
-    let journey = browser::login(
-        &browser_client,
-        start,
-        browser::LoginOptions::new("alice"),
-    )
-    .await;
+    let journey = browser::login(&browser_client, start, browser::LoginOptions::new("alice")).await;
     assert_eq!(journey.pages.len(), 1, "one page: the login form");
     let back = journey.final_url;
     assert!(back.as_str().starts_with(redirect_uri.as_str()), "{back}");
-    assert_eq!(support::query_param(&back, "state").as_deref(), Some(state.as_str()));
+    assert_eq!(
+        support::query_param(&back, "state").as_deref(),
+        Some(state.as_str())
+    );
     assert_eq!(
         support::query_param(&back, "iss").as_deref(),
         Some(idp.issuer().as_str())
@@ -329,12 +327,17 @@ async fn idp_code_flow_refresh_and_backchannel_logout() {
     // Refresh (rotating by default: a new refresh token each time).
     let (status, refreshed) = token_request(
         &discovery,
-        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{refreshed}");
     assert!(refreshed["access_token"].is_string());
-    let refresh_token_2 = refreshed["refresh_token"].as_str().expect("rotated refresh_token");
+    let refresh_token_2 = refreshed["refresh_token"]
+        .as_str()
+        .expect("rotated refresh_token");
     assert_ne!(refresh_token_2, refresh_token);
 
     // RP-initiated logout → back-channel logout token to the client.
@@ -348,7 +351,12 @@ async fn idp_code_flow_refresh_and_backchannel_logout() {
         )
         .append_pair("state", "bye");
     let after = browser::logout_at_idp(&browser_client, end_session).await;
-    assert!(after.as_str().starts_with(stub.join("logged-out").unwrap().as_str()), "{after}");
+    assert!(
+        after
+            .as_str()
+            .starts_with(stub.join("logged-out").unwrap().as_str()),
+        "{after}"
+    );
     let logout_token = tokio::time::timeout(Duration::from_secs(5), logouts.recv())
         .await
         .expect("a back-channel logout within 5 s")
@@ -357,12 +365,17 @@ async fn idp_code_flow_refresh_and_backchannel_logout() {
     assert_eq!(logout_claims["sub"], "sub-alice");
     assert_eq!(logout_claims["sid"], claims["sid"]);
     assert_eq!(logout_claims["aud"], "mxidp");
-    assert!(logout_claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(
+        logout_claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object()
+    );
 
     // The session is over: refresh fails with invalid_grant.
     let (status, error) = token_request(
         &discovery,
-        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token_2)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token_2),
+        ],
     )
     .await;
     assert_eq!(status, 400, "{error}");

@@ -161,7 +161,10 @@ impl LoginOptions {
         self
     }
 
-    pub fn on_page(mut self, handler: impl FnMut(&Page) -> Option<Submission> + Send + 'static) -> Self {
+    pub fn on_page(
+        mut self,
+        handler: impl FnMut(&Page) -> Option<Submission> + Send + 'static,
+    ) -> Self {
         self.on_page = Some(Box::new(handler));
         self
     }
@@ -516,15 +519,12 @@ fn scan_tags(html: &str) -> Vec<Tag> {
                 }
                 if i < bytes.len() && (bytes[i] == b'"' || bytes[i] == b'\'') {
                     let quote = bytes[i] as char;
-                    let end = html[i + 1..]
-                        .find(quote)
-                        .map_or(bytes.len(), |e| i + 1 + e);
+                    let end = html[i + 1..].find(quote).map_or(bytes.len(), |e| i + 1 + e);
                     value = decode_entities(&html[i + 1..end]);
                     i = (end + 1).min(bytes.len());
                 } else {
                     let start = i;
-                    while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'>'
-                    {
+                    while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'>' {
                         i += 1;
                     }
                     value = decode_entities(&html[start..i]);

@@ -3,7 +3,8 @@
 //!
 //! Use from an integration test with `mod support;`. Every launcher cleans up on `Drop`
 //! (kills the child process, removes its temporary directory).
-#![allow(dead_code)]
+// Each test binary uses a different subset of this module.
+#![allow(dead_code, unused_imports)]
 
 pub mod browser;
 pub mod idp;
