@@ -165,11 +165,31 @@ impl Idp {
     /// Panics with the child's output on failure. `node` can be overridden with `MXIDP_NODE`.
     pub async fn start(config: IdpConfig) -> Idp {
         let root = repo_root();
-        let script = root.join("tests/idp/server.mjs");
         let modules = root.join("tests/idp/node_modules/oidc-provider");
         if !modules.is_dir() {
             missing_dependency("oidc-provider (tests/idp/node_modules)", &modules);
         }
+        // A port picked by free_port() may be taken by a parallel test before node binds it:
+        // retry with another one (only when the caller did not fix the port).
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&config, &root).await {
+                Ok(idp) => return idp,
+                Err((err, output)) => {
+                    if config.port.is_none() && output.contains("EADDRINUSE") && attempt < 3 {
+                        attempt += 1;
+                        continue;
+                    }
+                    panic!("test IdP failed to start: {err}\n--- idp output ---\n{output}")
+                }
+            }
+        }
+    }
+
+    async fn try_start(
+        config: &IdpConfig,
+        root: &std::path::Path,
+    ) -> Result<Idp, (String, String)> {
         let port = config.port.unwrap_or_else(free_port);
         let issuer = format!("http://127.0.0.1:{port}");
         let mut json = json!({
@@ -195,7 +215,7 @@ impl Idp {
         let node = std::env::var("MXIDP_NODE").unwrap_or_else(|_| "node".to_owned());
         let mut command = Command::new(&node);
         command
-            .arg(&script)
+            .arg(root.join("tests/idp/server.mjs"))
             .arg(&config_path)
             .current_dir(root.join("tests/idp"));
         let mut process = ChildProcess::spawn("idp", command)
@@ -205,16 +225,17 @@ impl Idp {
             .await
         {
             Ok(line) => assert_eq!(line.trim_end(), format!("READY {issuer}")),
-            Err(err) => panic!(
-                "test IdP failed to start: {err}\n--- idp output ---\n{}",
-                process.output()
-            ),
+            Err(err) => {
+                process.kill();
+                tokio::time::sleep(Duration::from_millis(100)).await; // let the readers drain
+                return Err((err, process.output()));
+            }
         }
-        Idp {
+        Ok(Idp {
             process,
             issuer: Url::parse(&issuer).unwrap(),
             _dir: dir,
-        }
+        })
     }
 
     /// `http://127.0.0.1:<port>` (no trailing slash: oidc-provider's issuer is used verbatim).

@@ -54,7 +54,7 @@ impl Synapse {
     /// `GET /_matrix/client/versions` answers. Python: `MXIDP_SYNAPSE_PYTHON`, else
     /// `<repo>/.venv/bin/python`. Panics with the log on failure.
     pub async fn start(options: SynapseOptions) -> Synapse {
-        let python = match std::env::var_os("MXIDP_SYNAPSE_PYTHON") {
+        let python: std::path::PathBuf = match std::env::var_os("MXIDP_SYNAPSE_PYTHON") {
             Some(p) => p.into(),
             None => {
                 let p = repo_root().join(".venv/bin/python");
@@ -64,15 +64,36 @@ impl Synapse {
                 p
             }
         };
+        // A port picked by free_port() may be taken by a parallel test before Synapse binds it:
+        // retry with another one.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&options, &python).await {
+                Ok(synapse) => return synapse,
+                Err(failure) => {
+                    if failure.contains("Failed to listen on TCP port") && attempt < 3 {
+                        attempt += 1;
+                        continue;
+                    }
+                    panic!("{failure}");
+                }
+            }
+        }
+    }
+
+    async fn try_start(
+        options: &SynapseOptions,
+        python: &std::path::Path,
+    ) -> Result<Synapse, String> {
         let dir = tempfile::Builder::new()
             .prefix("mxidp-synapse-")
             .tempdir()
             .expect("create temp dir");
         let port = free_port();
         let base_url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        write_config(dir.path(), port, &options);
+        write_config(dir.path(), port, options);
 
-        let mut command = Command::new(&python);
+        let mut command = Command::new(python);
         command
             .args(["-m", "synapse.app.homeserver", "-c"])
             .arg(dir.path().join("homeserver.yaml"))
@@ -93,13 +114,15 @@ impl Synapse {
             dir,
         };
         if let Err(err) = synapse.wait_ready(Duration::from_secs(60)).await {
-            panic!(
+            synapse.process.kill();
+            tokio::time::sleep(Duration::from_millis(100)).await; // let the readers drain
+            return Err(format!(
                 "Synapse failed to start: {err}\n--- synapse output ---\n{}\n--- homeserver.log ---\n{}",
                 synapse.process.output(),
                 synapse.log()
-            );
+            ));
         }
-        synapse
+        Ok(synapse)
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
