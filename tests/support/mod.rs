@@ -1,0 +1,87 @@
+//! End-to-end test support: launchers for the test OpenID Provider (`tests/idp/server.mjs`) and
+//! Synapse, plus a headless "browser" that walks OAuth login flows with plain HTTP.
+//!
+//! Use from an integration test with `mod support;`. Every launcher cleans up on `Drop`
+//! (kills the child process, removes its temporary directory).
+// Each test binary uses a different subset of this module.
+#![allow(dead_code, unused_imports)]
+
+pub mod browser;
+pub mod idp;
+pub mod process;
+pub mod synapse;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use sha2::Digest as _;
+
+pub use idp::{Idp, IdpAccount, IdpClient, IdpConfig};
+pub use synapse::{Synapse, SynapseOptions};
+
+/// The repository root (the root package's manifest directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// Panics with a message naming the missing test dependency.
+pub(crate) fn missing_dependency(what: &str, path: &std::path::Path) -> ! {
+    panic!(
+        "end-to-end test dependency missing: {what} not found at {}; \
+         run .ci/run once to install the test dependencies",
+        path.display()
+    )
+}
+
+/// A random URL-safe string of `len` characters.
+pub fn random_string(len: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng as _;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// A PKCE pair `(code_verifier, S256 code_challenge)`.
+pub fn pkce_pair() -> (String, String) {
+    let verifier = random_string(64);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// Decodes the payload of a JWT without verifying it (tests only).
+pub fn jwt_payload(jwt: &str) -> serde_json::Value {
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a JWT: {jwt}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("JWT payload is base64url");
+    serde_json::from_slice(&bytes).expect("JWT payload is JSON")
+}
+
+/// The value of query parameter `name` of `url` (also looks into the fragment, for
+/// `response_mode=fragment`).
+pub fn query_param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| {
+            url::form_urlencoded::parse(url.fragment()?.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        })
+}
