@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod idp;
 pub mod process;
+pub mod stack;
 pub mod synapse;
 
 use std::net::{Ipv4Addr, TcpListener};
