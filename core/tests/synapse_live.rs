@@ -1,6 +1,6 @@
-//! `SynapseConnection` against a real Synapse in MAS mode. Set `MXIDP_SYNAPSE_PYTHON` to a
-//! Python that has `matrix-synapse` installed (e.g. `.venv/bin/python`); without it the test
-//! says why and passes. Self-contained on purpose: the end-to-end harness lives in `tests/`.
+//! `SynapseConnection` against a real Synapse in MAS mode. Uses the repository's `.venv`
+//! (installed by `.ci/run`) or the Python named by `MXIDP_SYNAPSE_PYTHON`, and fails when
+//! neither exists. Self-contained on purpose: the end-to-end harness lives in `tests/`.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -167,10 +167,14 @@ fn device(id: &str) -> DeviceId {
 
 #[tokio::test]
 async fn synapse_connection_against_real_synapse() {
-    let Ok(python) = std::env::var("MXIDP_SYNAPSE_PYTHON") else {
-        println!("skipped: set MXIDP_SYNAPSE_PYTHON to a Python with matrix-synapse installed");
-        return;
-    };
+    let python = std::env::var("MXIDP_SYNAPSE_PYTHON").unwrap_or_else(|_| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+        assert!(
+            venv.exists(),
+            "no Synapse: run .ci/run once to install the test dependencies (or set MXIDP_SYNAPSE_PYTHON)"
+        );
+        venv.display().to_string()
+    });
     let mut synapse = start(&python);
     wait_healthy(&mut synapse).await;
     let connect = |secret: &str| {
