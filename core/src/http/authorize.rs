@@ -16,7 +16,7 @@ use super::{internal, pages, App};
 use crate::ids::{now_unix, random_token, TokenHash};
 use crate::registration::{redirect_uri_matches, ClientMetadata};
 use crate::scope::MatrixScope;
-use crate::store::{AuthorizationStage, PendingAuthorization, ResponseMode};
+use crate::store::{AuthorizationStage, PendingAuthorization, Purpose, ResponseMode};
 use crate::upstream::UpstreamAuthorization;
 
 #[derive(Debug, Deserialize, Default)]
@@ -217,14 +217,12 @@ pub async fn get(
     }
 
     let now = now_unix();
-    let (binding, new_cookie) = match read_cookie(&headers, BINDING_COOKIE) {
-        Some(existing) if existing.len() >= 32 => (existing, false),
-        _ => (random_token(32), true),
-    };
+    let binding = BrowserBinding::of(&headers);
     let verifier = random_token(32);
     let pending = PendingAuthorization {
         id: random_token(16),
-        browser_binding: TokenHash::of(&binding).to_hex(),
+        purpose: Purpose::Login,
+        browser_binding: binding.hash(),
         client_id: client.client_id.clone(),
         redirect_uri: presented.to_owned(),
         response_mode,
@@ -257,14 +255,45 @@ pub async fn get(
         extra,
     });
     tracing::info!(client_id = %client.client_id, device_id = %pending.device_id, "authorization started");
-    let mut response = see_other(url.as_str());
-    if new_cookie {
-        let cookie = binding_cookie(&binding, app.secure_cookies());
-        if let Ok(value) = header::HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, value);
+    Ok(binding.redirect(url.as_str(), app.secure_cookies()))
+}
+
+/// The browser's binding cookie: the one it has, or a new one to set with the redirect.
+pub struct BrowserBinding {
+    value: String,
+    is_new: bool,
+}
+
+impl BrowserBinding {
+    pub fn of(headers: &axum::http::HeaderMap) -> Self {
+        match read_cookie(headers, BINDING_COOKIE) {
+            Some(existing) if existing.len() >= 32 => Self {
+                value: existing,
+                is_new: false,
+            },
+            _ => Self {
+                value: random_token(32),
+                is_new: true,
+            },
         }
     }
-    Ok(response)
+
+    /// What the pending authorization stores: the hash, never the cookie.
+    pub fn hash(&self) -> String {
+        TokenHash::of(&self.value).to_hex()
+    }
+
+    /// A 303 to `location` that sets the cookie when the browser had none.
+    pub fn redirect(&self, location: &str, secure: bool) -> Response {
+        let mut response = see_other(location);
+        if self.is_new {
+            let cookie = binding_cookie(&self.value, secure);
+            if let Ok(value) = header::HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+        response
+    }
 }
 
 impl ClientRedirect {

@@ -9,11 +9,12 @@ use serde::Deserialize;
 
 use super::authorize::axum_extra_cookie::{read_cookie, BINDING_COOKIE};
 use super::authorize::ClientRedirect;
-use super::{consent, internal, pages, App};
+use super::{consent, internal, pages, App, AppState};
 use crate::ids::{now_unix, TokenHash};
 use crate::secret::constant_time_eq;
 use crate::signin;
-use crate::store::{AuthorizationStage, PendingAuthorization, UpstreamLogin};
+use crate::store::{AuthorizationStage, PendingAuthorization, Purpose, UpstreamLogin};
+use crate::upstream::{IdTokenClaims, UpstreamTokens};
 
 #[derive(Debug, Deserialize)]
 pub struct CallbackQuery {
@@ -114,6 +115,9 @@ pub async fn get(
             "This sign-in has already been completed.",
         ));
     }
+    if pending.purpose == Purpose::CrossSigningReset {
+        return reauthenticated(&app, &pending, &q).await;
+    }
     let to = client_redirect(&pending)?;
     let return_denied = to.url(&[("error", "access_denied")]).to_string();
 
@@ -140,45 +144,7 @@ pub async fn get(
             "The identity provider's answer has no code.",
         )
     })?;
-    let upstream = app.upstream.get().ok_or_else(|| {
-        RouteError::Page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Identity provider unavailable",
-            "Try again in a moment.".into(),
-        )
-    })?;
-
-    let tokens = upstream
-        .exchange_code(code, &app.callback_url(), &pending.upstream_verifier)
-        .await
-        .map_err(|e| {
-            RouteError::Page(
-                StatusCode::BAD_GATEWAY,
-                "Sign-in failed",
-                format!(
-                    "The identity provider did not accept the sign-in. Reference: {}",
-                    internal("code exchange", &e)
-                ),
-            )
-        })?;
-    let id_token = tokens.id_token.as_ref().ok_or_else(|| {
-        RouteError::Page(
-            StatusCode::BAD_GATEWAY,
-            "Sign-in failed",
-            "The identity provider returned no ID token.".into(),
-        )
-    })?;
-    let validated = upstream
-        .validate_id_token(id_token.expose(), Some(&pending.upstream_nonce))
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "ID token refused");
-            RouteError::Page(
-                StatusCode::BAD_REQUEST,
-                "Sign-in failed",
-                format!("The identity provider's ID token is not valid: {e}"),
-            )
-        })?;
+    let (upstream, tokens, validated) = exchange_and_validate(&app, &pending, code).await?;
     let mut claims = validated.claims.clone();
     if upstream.settings().fetch_userinfo {
         // userinfo_for drops an answer whose `sub` differs from the ID token's (OIDC Core §5.3.2).
@@ -243,4 +209,84 @@ pub async fn get(
         .map_err(|e| match e {
             consent::RouteError::Page(status, title, msg) => RouteError::Page(status, title, msg),
         })
+}
+
+/// Exchanges the IdP's code with mxidp's credentials and validates the ID token.
+async fn exchange_and_validate(
+    app: &AppState,
+    pending: &PendingAuthorization,
+    code: &str,
+) -> Result<
+    (
+        std::sync::Arc<crate::upstream::Upstream>,
+        UpstreamTokens,
+        IdTokenClaims,
+    ),
+    RouteError,
+> {
+    let upstream = app.upstream.get().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Identity provider unavailable",
+            "Try again in a moment.".into(),
+        )
+    })?;
+
+    let tokens = upstream
+        .exchange_code(code, &app.callback_url(), &pending.upstream_verifier)
+        .await
+        .map_err(|e| {
+            RouteError::Page(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in failed",
+                format!(
+                    "The identity provider did not accept the sign-in. Reference: {}",
+                    internal("code exchange", &e)
+                ),
+            )
+        })?;
+    let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::BAD_GATEWAY,
+            "Sign-in failed",
+            "The identity provider returned no ID token.".into(),
+        )
+    })?;
+    let validated = upstream
+        .validate_id_token(id_token.expose(), Some(&pending.upstream_nonce))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "ID token refused");
+            RouteError::Page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                format!("The identity provider's ID token is not valid: {e}"),
+            )
+        })?;
+    Ok((upstream, tokens, validated))
+}
+
+/// The callback of a re-authentication before a cross-signing reset.
+async fn reauthenticated(
+    app: &AppState,
+    pending: &PendingAuthorization,
+    q: &CallbackQuery,
+) -> Result<Response, RouteError> {
+    if q.error.is_some() {
+        let _ = app.store.delete_pending(&pending.id).await;
+        return Err(RouteError::Page(
+            StatusCode::FORBIDDEN,
+            "Sign-in cancelled",
+            "The identity provider did not confirm your sign-in; nothing was changed.".into(),
+        ));
+    }
+    let code = q.code.as_deref().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Invalid sign-in",
+            "The identity provider's answer has no code.".into(),
+        )
+    })?;
+    let (_, tokens, validated) = exchange_and_validate(app, pending, code).await?;
+    Ok(super::account::finish_cross_signing_reset(app, pending, &validated, &tokens).await)
 }

@@ -39,6 +39,14 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     response
 }
 
+/// A page that tells the user something went right.
+pub fn info_page(title: &str, message: &str) -> Response {
+    let body = format!("<h1>{}</h1><p>{}</p>", escape(title), escape(message));
+    let mut response = Html(layout(title, &body)).into_response();
+    super::no_store(&mut response);
+    response
+}
+
 /// An error page with a link that hands the error back to the client.
 pub fn error_page_with_return(
     status: StatusCode,

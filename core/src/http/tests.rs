@@ -1015,3 +1015,129 @@ async fn tokens_are_stored_only_as_hashes() {
     let sealed = session.sealed_refresh_token.unwrap();
     assert!(!sealed.contains(tokens["refresh_token"].as_str().unwrap()));
 }
+
+#[tokio::test]
+async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() {
+    let env = env().await;
+    env.tokens(&env.request("DEVICE000027").await).await;
+    let start = env
+        .http
+        .get(env.url("account?action=org.matrix.cross_signing_reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let cookie = start.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let at_idp: Url = location(&start).parse().unwrap();
+    let q: std::collections::HashMap<String, String> = at_idp.query_pairs().into_owned().collect();
+    assert_eq!(q.get("prompt").map(String::as_str), Some("login"));
+    assert_eq!(q.get("max_age").map(String::as_str), Some("0"));
+    assert!(!env
+        .hs
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("allow_cross_signing_reset")));
+
+    let back = env.http.get(at_idp).send().await.unwrap();
+    let done = env
+        .http
+        .get(location(&back))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    assert!(done.text().await.unwrap().contains("reset"));
+    assert!(
+        env.hs
+            .calls()
+            .iter()
+            .any(|c| c == "allow_cross_signing_reset alice"),
+        "{:?}",
+        env.hs.calls()
+    );
+}
+
+#[tokio::test]
+async fn cross_signing_reset_for_an_unknown_identity_changes_nothing() {
+    let env = env().await;
+    let start = env
+        .http
+        .get(env.url("account?action=org.matrix.cross_signing_reset"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = start.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let back = env.http.get(location(&start)).send().await.unwrap();
+    let done = env
+        .http
+        .get(location(&back))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::FORBIDDEN);
+    assert!(env.hs.calls().is_empty());
+}
+
+#[tokio::test]
+async fn sign_up_is_offered_only_when_the_idp_supports_it() {
+    let env = env().await;
+    env.idp
+        .patch_discovery(json!({"prompt_values_supported": ["none", "login"]}));
+    // Rediscover with the patched document.
+    let mut settings = env.idp.upstream_settings();
+    settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
+    env.app.upstream.set(env.idp.upstream_with(settings).await);
+    let m: Value = env
+        .http
+        .get(env.url(".well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(m.get("prompt_values_supported").is_none(), "{m}");
+    // A client that sends prompt=create anyway just signs in.
+    let r = env.request("DEVICE000028").await;
+    let start = env
+        .http
+        .get(env.authorize_url(&r, &[("prompt", Some("create"))]))
+        .send()
+        .await
+        .unwrap();
+    let at_idp: Url = location(&start).parse().unwrap();
+    assert!(!at_idp.query_pairs().any(|(k, _)| k == "prompt"));
+}
+
+#[tokio::test]
+async fn sign_up_request_is_passed_to_an_idp_that_supports_it() {
+    let env = env().await;
+    let r = env.request("DEVICE000029").await;
+    let start = env
+        .http
+        .get(env.authorize_url(&r, &[("prompt", Some("create"))]))
+        .send()
+        .await
+        .unwrap();
+    let at_idp: Url = location(&start).parse().unwrap();
+    assert!(
+        at_idp
+            .query_pairs()
+            .any(|(k, v)| k == "prompt" && v == "create"),
+        "{at_idp}"
+    );
+}

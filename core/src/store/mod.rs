@@ -58,11 +58,25 @@ pub enum AuthorizationStage {
     CodeIssued,
 }
 
+/// Why the browser was sent to the IdP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A Matrix client's authorization request.
+    #[default]
+    Login,
+    /// The user re-authenticates before a cross-signing reset (MSC4191
+    /// `org.matrix.cross_signing_reset`); the client fields are unused.
+    CrossSigningReset,
+}
+
 /// A sign-in in progress. Everything the callback and the consent page need, bound to the
 /// browser by the hash of a cookie.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
     pub id: String,
+    #[serde(default)]
+    pub purpose: Purpose,
     pub browser_binding: String,
     pub client_id: String,
     pub redirect_uri: String,
