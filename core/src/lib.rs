@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod homeserver;
 pub mod http;
 pub mod identity;

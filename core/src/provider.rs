@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 use url::Url;
 
+use crate::events::{ReceivedEvent, WebhookError, WebhookRequest};
 use crate::upstream::ProviderMetadata;
 
 /// Claims of one login: the ID token's claims, with userinfo merged in when configured.
@@ -37,6 +38,17 @@ pub trait Provider: Send + Sync {
         string_list(claims.get("groups"))
     }
 
+    /// Checks beyond standard ID-token validation (an IdP-specific claim that must hold).
+    /// Runs after signature, `iss`, `aud`, `nonce` and time checks have passed.
+    fn validate_claims(&self, _claims: &Claims) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Authorize parameters sent on every sign-in (e.g. an `audience` for JWT access tokens).
+    fn authorize_parameters(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Extra authorize parameters for a sign-up request (`prompt=create` from the client).
     /// `None` means the IdP cannot register users, and `prompt=create` is not advertised.
     fn signup_parameters(&self, metadata: &ProviderMetadata) -> Option<Vec<(String, String)>> {
@@ -57,6 +69,16 @@ pub trait Provider: Send + Sync {
             ("prompt".into(), "login".into()),
             ("max_age".into(), "0".into()),
         ]
+    }
+
+    /// Turns a webhook delivery from this IdP into normalised events, after verifying its sender
+    /// on the raw bytes. Generic OIDC has no webhooks; standard receivers (back-channel logout,
+    /// Shared Signals) live in core and need no override.
+    fn parse_webhook(
+        &self,
+        _request: &WebhookRequest<'_>,
+    ) -> Result<Vec<ReceivedEvent>, WebhookError> {
+        Err(WebhookError::Unsupported)
     }
 
     /// Where the IdP lets the user manage their account for an action, when it has such a page.

@@ -208,7 +208,7 @@ pub async fn get(
             "the identity provider is not reachable yet",
         )
     })?;
-    let mut extra = Vec::new();
+    let mut extra = app.provider.authorize_parameters();
     let signup = prompts.contains(&"create");
     if signup {
         if let Some(params) = app.provider.signup_parameters(upstream.metadata()) {

@@ -145,6 +145,14 @@ pub async fn get(
         )
     })?;
     let (upstream, tokens, validated) = exchange_and_validate(&app, &pending, code).await?;
+    if let Err(reason) = app.provider.validate_claims(&validated.claims) {
+        tracing::warn!(%reason, "ID token refused by the provider adapter");
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            format!("The identity provider's ID token is not valid: {reason}"),
+        ));
+    }
     let mut claims = validated.claims.clone();
     if upstream.settings().fetch_userinfo {
         // userinfo_for drops an answer whose `sub` differs from the ID token's (OIDC Core §5.3.2).

@@ -57,6 +57,10 @@ async fn env() -> Env {
 }
 
 async fn env_with(extra: &str) -> Env {
+    env_with_provider(extra, Arc::new(GenericOidc)).await
+}
+
+async fn env_with_provider(extra: &str, provider: Arc<dyn crate::provider::Provider>) -> Env {
     let idp = TestIdp::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base: Url = format!("http://{}/", listener.local_addr().unwrap())
@@ -69,8 +73,7 @@ async fn env_with(extra: &str) -> Env {
     assert_eq!(config.check(), vec![]);
     let hs = MemoryHomeserver::new("example.org");
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-    let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), Arc::new(GenericOidc))
-        .unwrap();
+    let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), provider).unwrap();
     let mut settings = idp.upstream_settings();
     settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
     app.upstream.set(idp.upstream_with(settings).await);
@@ -1140,4 +1143,64 @@ async fn sign_up_request_is_passed_to_an_idp_that_supports_it() {
             .any(|(k, v)| k == "prompt" && v == "create"),
         "{at_idp}"
     );
+}
+
+/// An adapter that overrides only some hooks, the way provider crates will.
+struct TenantAdapter;
+
+impl crate::provider::Provider for TenantAdapter {
+    fn name(&self) -> &'static str {
+        "tenant"
+    }
+    fn validate_claims(&self, claims: &crate::provider::Claims) -> Result<(), String> {
+        match claims.get("tenant").and_then(Value::as_str) {
+            Some("acme") => Ok(()),
+            _ => Err("the user belongs to another tenant".into()),
+        }
+    }
+    fn authorize_parameters(&self) -> Vec<(String, String)> {
+        vec![("audience".into(), "matrix".into())]
+    }
+    fn roles(&self, claims: &crate::provider::Claims) -> Vec<String> {
+        crate::provider::string_list(claims.get("realm").and_then(|r| r.get("roles")))
+    }
+}
+
+#[tokio::test]
+async fn adapter_overrides_are_used_by_the_core_flow() {
+    let env = env_with_provider(
+        "[policy]\nadmin = { claim = \"roles\", value = \"matrix-admin\" }",
+        Arc::new(TenantAdapter),
+    )
+    .await;
+    // Wrong tenant: refused after standard validation, nothing created.
+    env.idp
+        .set_next_login(json!({"sub": "eve-sub", "preferred_username": "eve", "tenant": "other"}));
+    let (page, _) = env.to_callback(&env.request("DEVICE000030").await).await;
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.text().await.unwrap().contains("another tenant"));
+    assert!(env.hs.calls().is_empty());
+    let sent = env.idp.authorize_requests();
+    assert_eq!(
+        sent.last().unwrap().get("audience").map(String::as_str),
+        Some("matrix")
+    );
+
+    // Right tenant, admin through the adapter's roles; identities are keyed by its name.
+    env.idp.set_next_login(json!({
+        "sub": "ann-sub", "preferred_username": "ann", "tenant": "acme",
+        "realm": {"roles": ["matrix-admin"]}
+    }));
+    let tokens = env.tokens(&env.request("DEVICE000031").await).await;
+    let i = env
+        .introspect(tokens["access_token"].as_str().unwrap())
+        .await;
+    assert!(i["scope"].as_str().unwrap().contains("urn:synapse:admin:*"));
+    assert!(env
+        .app
+        .store
+        .identity_by_subject("tenant", "ann-sub")
+        .await
+        .unwrap()
+        .is_some());
 }

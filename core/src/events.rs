@@ -1,0 +1,62 @@
+//! The normalised IdP events (DESIGN §7). Every provider's webhook, back-channel logout or
+//! Shared Signals payload is turned into these at the edge; everything after (the durable
+//! pipeline, the audit log, the homeserver actions) sees only this type.
+
+/// What happened at the IdP, keyed on what the IdP identifies users and sessions by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdpEvent {
+    /// One IdP session ended (back-channel logout `sid`).
+    SessionEnded {
+        sid: String,
+    },
+    /// Every session of a subject ended.
+    AllSessionsEnded {
+        subject: String,
+    },
+    UserLocked {
+        subject: String,
+    },
+    UserUnlocked {
+        subject: String,
+    },
+    UserDeactivated {
+        subject: String,
+        erase: bool,
+    },
+    UserReactivated {
+        subject: String,
+    },
+    UserDeleted {
+        subject: String,
+    },
+    CredentialChanged {
+        subject: String,
+    },
+}
+
+/// An event as received: the IdP's own id for deduplication and its own time for ordering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEvent {
+    /// The IdP's event id, `jti`, `log_id`…: a second delivery with the same key acts once.
+    pub dedupe_key: String,
+    /// When it happened at the IdP (Unix seconds): an older event never undoes a newer one.
+    pub occurred_at: i64,
+    pub event: IdpEvent,
+}
+
+/// A webhook delivery, as raw as it arrived: signatures are checked on these exact bytes.
+#[derive(Debug, Clone)]
+pub struct WebhookRequest<'a> {
+    pub headers: &'a axum::http::HeaderMap,
+    pub body: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookError {
+    #[error("this provider has no webhook receiver")]
+    Unsupported,
+    #[error("the sender could not be verified")]
+    Unauthenticated,
+    #[error("the payload is malformed: {0}")]
+    Malformed(String),
+}
