@@ -96,9 +96,9 @@ pub struct UpstreamConfig {
     pub client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub auth_method: crate::upstream::ClientAuthMethod,
-    #[serde(default = "default_scopes")]
+    #[serde(default = "default_scopes", deserialize_with = "words")]
     pub scopes: Vec<String>,
-    #[serde(default = "default_algorithms")]
+    #[serde(default = "default_algorithms", deserialize_with = "words")]
     pub allowed_algorithms: Vec<String>,
     #[serde(default)]
     pub fetch_userinfo: bool,
@@ -108,7 +108,7 @@ pub struct UpstreamConfig {
     pub jwks_refetch_cooldown_seconds: u64,
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
-    /// Where users manage their account; defaults to the adapter's page, else none.
+    /// Where users manage their account; overrides the adapter's page when set.
     #[serde(default)]
     pub account_url: Option<Url>,
 }
@@ -202,6 +202,21 @@ impl Default for SessionsConfig {
     }
 }
 
+/// A list given as a TOML array, or as one space-separated string (how an environment override
+/// spells it: `MXIDP__UPSTREAM__SCOPES="openid profile"`).
+fn words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Words {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Words::deserialize(d)? {
+        Words::List(list) => list,
+        Words::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
+    })
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -280,6 +295,14 @@ impl Config {
     /// Reads the TOML file, then applies `MXIDP__SECTION__KEY` environment overrides
     /// (`MXIDP__MATRIX__SECRET_FILE=/run/secrets/mxidp`). Does not validate: see [`Config::check`].
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// [`Config::load`] with the environment given explicitly (`None`: the process's).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
@@ -288,10 +311,9 @@ impl Config {
             config::Environment::with_prefix("MXIDP")
                 .prefix_separator("__")
                 .separator("__")
-                .list_separator(" ")
-                .with_list_parse_key("upstream.scopes")
-                .with_list_parse_key("upstream.allowed_algorithms")
-                .try_parsing(true),
+                // No number parsing: it would turn a secret or client id like "0123" into 123.
+                // Numeric and boolean keys are converted from their text by deserialisation.
+                .source(env),
         );
         Ok(builder.build()?.try_deserialize()?)
     }
@@ -574,8 +596,9 @@ fn secret_from(
     match (inline, file) {
         (Some(_), Some(_)) => Err(problem(format!("set either {key} or {key}_file, not both"))),
         (Some(s), None) => Ok(s.clone()),
+        // Surrounding whitespace is removed, as Synapse does with its secret_path.
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(content) => Ok(SecretString::new(content.trim_end_matches(['\n', '\r']))),
+            Ok(content) => Ok(SecretString::new(content.trim())),
             Err(e) => Err(problem(format!("cannot read {}: {e}", path.display()))),
         },
         (None, None) => Err(problem(format!("missing: set {key} or {key}_file"))),
@@ -667,6 +690,29 @@ client_secret = "s3cret"
             .check()
             .iter()
             .any(|p| p.key == "matrix.secret" && p.message.contains("not both")));
+    }
+
+    #[test]
+    fn environment_overrides_keep_strings_as_written_and_convert_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let env = [
+            ("MXIDP__UPSTREAM__CLIENT_ID", "00123"),
+            ("MXIDP__UPSTREAM__CLIENT_SECRET", "0123456789"),
+            ("MXIDP__MATRIX__TIMEOUT_SECONDS", "7"),
+            ("MXIDP__UPSTREAM__FETCH_USERINFO", "true"),
+            ("MXIDP__UPSTREAM__SCOPES", "openid groups"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Config::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!(c.upstream.client_id, "00123");
+        assert_eq!(c.client_secret().unwrap().expose(), "0123456789");
+        assert_eq!(c.matrix.timeout_seconds, 7);
+        assert!(c.upstream.fetch_userinfo);
+        assert_eq!(c.upstream.scopes, vec!["openid", "groups"]);
     }
 
     #[test]

@@ -54,11 +54,13 @@ pub async fn get(
     if action == AccountAction::CrossSigningReset {
         return start_cross_signing_reset(&app, &headers).await;
     }
-    let provider_url = app
-        .upstream
-        .get()
-        .and_then(|u| app.provider.account_url(u.metadata(), action));
-    match provider_url.or_else(|| app.account_url.clone()) {
+    // The configured page wins over the adapter's default.
+    let url = app.account_url.clone().or_else(|| {
+        app.upstream
+            .get()
+            .and_then(|u| app.provider.account_url(u.metadata(), action))
+    });
+    match url {
         Some(url) => see_other(url.as_str()),
         None => pages::error_page(
             StatusCode::NOT_FOUND,

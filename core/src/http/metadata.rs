@@ -3,8 +3,8 @@
 //! hands it verbatim to clients, so every URL here is mxidp's public URL (DESIGN §3.1, §3.3).
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
@@ -19,7 +19,17 @@ pub const ACCOUNT_ACTIONS: &[&str] = &[
     "org.matrix.cross_signing_reset",
 ];
 
-pub async fn get(State(app): State<App>) -> impl IntoResponse {
+pub async fn get(State(app): State<App>) -> Response {
+    // Synapse keeps the first document it gets until it restarts, and retries on failure: so
+    // answer only once the IdP is discovered and the document is complete (prompt values).
+    let Some(upstream) = app.upstream.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(json!({"error": "temporarily_unavailable", "error_description": "the identity provider is not discovered yet"})),
+        )
+            .into_response();
+    };
     let mut doc = json!({
         "issuer": app.issuer.as_str(),
         "authorization_endpoint": app.url(paths::AUTHORIZE),
@@ -46,12 +56,12 @@ pub async fn get(State(app): State<App>) -> impl IntoResponse {
         "org.matrix.msc4191.account_management_actions_supported": ACCOUNT_ACTIONS,
     });
     // `prompt=create` only where the IdP can register users (Okta cannot).
-    let signup = app
-        .upstream
-        .get()
-        .is_some_and(|u| app.provider.signup_parameters(u.metadata()).is_some());
-    if signup {
+    if app
+        .provider
+        .signup_parameters(upstream.metadata())
+        .is_some()
+    {
         doc["prompt_values_supported"] = json!(["create"]);
     }
-    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(doc))
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(doc)).into_response()
 }

@@ -121,15 +121,27 @@ impl AppState {
 
 pub fn router(state: App) -> Router {
     let max_body = state.max_body_bytes;
-    Router::new()
+    // Browser clients (Element Web) call these from their own origin. No credentials are
+    // involved (public clients, tokens in the body), so any origin may.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
+    let browser_api = Router::new()
         .route("/.well-known/openid-configuration", get(metadata::get))
-        .route("/.well-known/oauth-authorization-server", get(metadata::get))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::get),
+        )
         .route(&format!("/{}", paths::REGISTER), post(registration::post))
+        .route(&format!("/{}", paths::TOKEN), post(token::post))
+        .route(&format!("/{}", paths::REVOKE), post(revoke::post))
+        .layer(cors);
+    Router::new()
+        .merge(browser_api)
         .route(&format!("/{}", paths::AUTHORIZE), get(authorize::get))
         .route(&format!("/{}", paths::CALLBACK), get(callback::get))
         .route(&format!("/{}", paths::CONSENT), post(consent::post))
-        .route(&format!("/{}", paths::TOKEN), post(token::post))
-        .route(&format!("/{}", paths::REVOKE), post(revoke::post))
         .route(&format!("/{}", paths::INTROSPECT), post(introspect::post))
         .route(&format!("/{}", paths::ACCOUNT), get(account::get))
         .route("/health/live", get(health::live))
@@ -138,9 +150,13 @@ pub fn router(state: App) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(
             // Only method and path: query strings carry codes and states.
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                // Handlers log their own failures with a reference; a 503 readiness probe is
+                // not an error worth a line per probe.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
 }

@@ -1204,3 +1204,117 @@ async fn adapter_overrides_are_used_by_the_core_flow() {
         .unwrap()
         .is_some());
 }
+
+#[tokio::test]
+async fn metadata_waits_for_discovery_so_synapse_never_caches_an_incomplete_document() {
+    use tower::ServiceExt;
+    let idp = TestIdp::start().await;
+    let base: Url = "http://127.0.0.1:9/".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mxidp.toml");
+    std::fs::write(&path, config_toml(&base, &idp, "")).unwrap();
+    let config = crate::config::Config::load(Some(&path)).unwrap();
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let app = crate::server::assemble(
+        &config,
+        store,
+        Arc::new(MemoryHomeserver::default()),
+        Arc::new(GenericOidc),
+    )
+    .unwrap();
+    let get = |uri: &str| {
+        axum::http::Request::get(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let router = crate::http::router(app.clone());
+    let before = router
+        .clone()
+        .oneshot(get("/.well-known/openid-configuration"))
+        .await
+        .unwrap();
+    assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = router.clone().oneshot(get("/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    app.upstream.set(idp.upstream().await);
+    let after = router
+        .clone()
+        .oneshot(get("/.well-known/openid-configuration"))
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    assert_eq!(
+        router.oneshot(get("/health/ready")).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn browser_clients_get_cors_on_the_oauth_endpoints_but_not_on_introspection() {
+    let env = env().await;
+    for path in [
+        "oauth2/token",
+        "oauth2/registration",
+        "oauth2/revoke",
+        ".well-known/openid-configuration",
+    ] {
+        let preflight = env
+            .http
+            .request(reqwest::Method::OPTIONS, env.url(path))
+            .header("Origin", "https://app.element.io")
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            preflight
+                .headers()
+                .get("access-control-allow-origin")
+                .unwrap(),
+            "*",
+            "{path}"
+        );
+    }
+    let introspect = env
+        .http
+        .post(env.url("oauth2/introspect"))
+        .header("Origin", "https://app.element.io")
+        .bearer_auth(SECRET)
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert!(introspect
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[tokio::test]
+async fn account_management_goes_to_the_configured_page_or_explains() {
+    let without = env().await;
+    let page = without
+        .http
+        .get(without.url("account?action=org.matrix.profile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    assert!(page.text().await.unwrap().contains("identity provider"));
+
+    let with = env_with("account_url = \"https://idp.example.org/account\"").await;
+    for action in [
+        "org.matrix.profile",
+        "org.matrix.devices_list",
+        "sessions_list",
+    ] {
+        let r = with
+            .http
+            .get(with.url(&format!("account?action={action}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(location(&r), "https://idp.example.org/account", "{action}");
+    }
+}
