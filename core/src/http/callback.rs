@@ -4,12 +4,12 @@
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::authorize::axum_extra_cookie::{read_cookie, BINDING_COOKIE};
 use super::authorize::ClientRedirect;
-use super::{consent, internal, pages, App, AppState};
+use super::{consent, internal, App, AppState};
 use crate::ids::{now_unix, TokenHash};
 use crate::secret::constant_time_eq;
 use crate::signin;
@@ -24,43 +24,14 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
-pub enum RouteError {
-    Page(StatusCode, &'static str, String),
-    /// Shown with a link that hands `access_denied` back to the client.
-    Refused(String, String),
-}
-
-impl IntoResponse for RouteError {
-    fn into_response(self) -> Response {
-        match self {
-            RouteError::Page(status, title, message) => pages::error_page(status, title, &message),
-            RouteError::Refused(message, return_to) => pages::error_page_with_return(
-                StatusCode::FORBIDDEN,
-                "Sign-in refused",
-                &message,
-                &return_to,
-            ),
-        }
-    }
-}
-
-fn internal_page(context: &str, e: &dyn std::fmt::Display) -> RouteError {
-    RouteError::Page(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Something went wrong",
-        format!(
-            "The sign-in could not be completed. Reference: {}",
-            internal(context, e)
-        ),
-    )
-}
+pub use super::pages::PageError as RouteError;
 
 pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, RouteError> {
     Ok(ClientRedirect {
         redirect_uri: p
             .redirect_uri
             .parse()
-            .map_err(|e| internal_page("stored redirect uri", &e))?,
+            .map_err(|e| RouteError::internal("stored redirect uri", &e))?,
         mode: p.response_mode,
         state: p.client_state.clone(),
     })
@@ -94,7 +65,7 @@ pub async fn get(
         .store
         .pending_by_upstream_state(state)
         .await
-        .map_err(|e| internal_page("load pending", &e))?
+        .map_err(|e| RouteError::internal("load pending", &e))?
         .filter(|p| p.expires_at >= now_unix())
         .ok_or_else(|| {
             page(
@@ -126,7 +97,7 @@ pub async fn get(
         app.store
             .delete_pending(&pending.id)
             .await
-            .map_err(|e| internal_page("delete pending", &e))?;
+            .map_err(|e| RouteError::internal("delete pending", &e))?;
         let description = q
             .error_description
             .as_deref()
@@ -159,7 +130,7 @@ pub async fn get(
         let userinfo = upstream
             .userinfo_for(tokens.access_token.expose(), &validated.sub)
             .await
-            .map_err(|e| internal_page("userinfo", &e))?;
+            .map_err(|e| RouteError::internal("userinfo", &e))?;
         for (k, v) in userinfo {
             claims.entry(k).or_insert(v);
         }
@@ -178,7 +149,7 @@ pub async fn get(
             tracing::info!(reason = %e, "sign-in refused");
             RouteError::Refused(e.to_string(), return_denied.clone())
         }
-        e => internal_page("resolve identity", &e),
+        e => RouteError::internal("resolve identity", &e),
     });
     let login = match login {
         Ok(login) => login,
@@ -193,7 +164,7 @@ pub async fn get(
             "access_token": tokens.access_token.expose(),
             "refresh_token": tokens.refresh_token.as_ref().map(|t| t.expose()),
         }))
-        .map_err(|e| internal_page("seal tokens", &e))?,
+        .map_err(|e| RouteError::internal("seal tokens", &e))?,
     );
     pending.login = Some(UpstreamLogin {
         subject: login.subject.clone(),
@@ -209,14 +180,10 @@ pub async fn get(
     app.store
         .update_pending(&pending)
         .await
-        .map_err(|e| internal_page("update pending", &e))?;
+        .map_err(|e| RouteError::internal("update pending", &e))?;
     tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "signed in at the IdP");
 
-    consent::continue_after_login(&app, pending, &login)
-        .await
-        .map_err(|e| match e {
-            consent::RouteError::Page(status, title, msg) => RouteError::Page(status, title, msg),
-        })
+    consent::continue_after_login(&app, pending, &login).await
 }
 
 /// Exchanges the IdP's code with mxidp's credentials and validates the ID token.

@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 
@@ -18,28 +18,7 @@ use crate::secret::constant_time_eq;
 use crate::signin::MatrixLogin;
 use crate::store::{AuthorizationStage, PendingAuthorization};
 
-pub enum RouteError {
-    Page(StatusCode, &'static str, String),
-}
-
-impl IntoResponse for RouteError {
-    fn into_response(self) -> Response {
-        match self {
-            RouteError::Page(status, title, message) => pages::error_page(status, title, &message),
-        }
-    }
-}
-
-fn internal_page(context: &str, e: &dyn std::fmt::Display) -> RouteError {
-    RouteError::Page(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Something went wrong",
-        format!(
-            "The sign-in could not be completed. Reference: {}",
-            internal(context, e)
-        ),
-    )
-}
+pub use super::pages::PageError as RouteError;
 
 /// After the IdP signed the user in: skip the page when the user already consented to this client.
 pub async fn continue_after_login(
@@ -51,7 +30,7 @@ pub async fn continue_after_login(
         .store
         .has_consent(&login.localpart, &pending.client_id)
         .await
-        .map_err(|e| internal_page("load consent", &e))?;
+        .map_err(|e| RouteError::internal("load consent", &e))?;
     if remembered {
         return complete(app, pending).await;
     }
@@ -59,7 +38,7 @@ pub async fn continue_after_login(
         .store
         .client(&pending.client_id)
         .await
-        .map_err(|e| internal_page("load client", &e))?
+        .map_err(|e| RouteError::internal("load client", &e))?
         .ok_or_else(|| {
             RouteError::Page(
                 StatusCode::BAD_REQUEST,
@@ -68,7 +47,7 @@ pub async fn continue_after_login(
             )
         })?;
     let metadata: ClientMetadata = serde_json::from_value(client.metadata)
-        .map_err(|e| internal_page("client metadata", &e))?;
+        .map_err(|e| RouteError::internal("client metadata", &e))?;
     let client_uri = metadata.client_uri.to_string();
     let name = metadata
         .client_name
@@ -109,7 +88,7 @@ pub async fn post(
         .store
         .pending(&form.pending)
         .await
-        .map_err(|e| internal_page("load pending", &e))?
+        .map_err(|e| RouteError::internal("load pending", &e))?
         .filter(|p| p.expires_at >= now_unix() && p.stage == AuthorizationStage::AwaitingConsent)
         .ok_or_else(|| {
             refuse("This sign-in is unknown or has expired. Start again from the application.")
@@ -131,14 +110,14 @@ pub async fn post(
             app.store
                 .add_consent(&login.localpart, &pending.client_id, now_unix())
                 .await
-                .map_err(|e| internal_page("store consent", &e))?;
+                .map_err(|e| RouteError::internal("store consent", &e))?;
             complete(&app, pending).await
         }
         _ => {
             app.store
                 .delete_pending(&pending.id)
                 .await
-                .map_err(|e| internal_page("delete pending", &e))?;
+                .map_err(|e| RouteError::internal("delete pending", &e))?;
             let to = client_redirect_for(&pending)?;
             Ok(to.error("access_denied", "the user denied access"))
         }
@@ -192,7 +171,7 @@ async fn complete(
     app.store
         .update_pending(&pending)
         .await
-        .map_err(|e| internal_page("update pending", &e))?;
+        .map_err(|e| RouteError::internal("update pending", &e))?;
     let code = random_token(32);
     app.store
         .add_code(
@@ -201,7 +180,7 @@ async fn complete(
             now_unix() + app.lifetimes.authorization_code,
         )
         .await
-        .map_err(|e| internal_page("store code", &e))?;
+        .map_err(|e| RouteError::internal("store code", &e))?;
     let to = client_redirect_for(&pending)?;
     tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "authorization granted");
     Ok(see_other(to.url(&[("code", &code)]).as_str()))

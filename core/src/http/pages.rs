@@ -31,6 +31,41 @@ button.primary{{background:#0b6e4f;color:#fff;border-color:#0b6e4f}}code{{backgr
     )
 }
 
+/// Why a browser-facing step (callback, consent) stops, shown as a page.
+pub enum PageError {
+    Page(StatusCode, &'static str, String),
+    /// Shown with a link that hands `access_denied` back to the client.
+    Refused(String, String),
+}
+
+impl PageError {
+    /// An internal failure: logged with a reference the page shows.
+    pub fn internal(context: &str, e: &dyn std::fmt::Display) -> Self {
+        PageError::Page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            format!(
+                "The sign-in could not be completed. Reference: {}",
+                super::internal(context, e)
+            ),
+        )
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::Page(status, title, message) => error_page(status, title, &message),
+            PageError::Refused(message, return_to) => error_page_with_return(
+                StatusCode::FORBIDDEN,
+                "Sign-in refused",
+                &message,
+                &return_to,
+            ),
+        }
+    }
+}
+
 /// A page explaining why a sign-in cannot go on. Nothing secret goes into `message`.
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = format!("<h1>{}</h1><p>{}</p>", escape(title), escape(message));
