@@ -17,6 +17,26 @@ use crate::provider::Provider;
 use crate::store::{SqliteStore, Store};
 use crate::upstream::{Upstream, UpstreamSettings};
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+
+    #[tokio::test]
+    async fn a_changed_encryption_key_is_refused_at_start() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let original = Sealer::new(&SecretString::new("original-key-0123456789abcdef0123"));
+        verify_encryption_key(&store, &original).await.unwrap();
+        verify_encryption_key(&store, &original).await.unwrap();
+        let other = Sealer::new(&SecretString::new("another-key-0123456789abcdef01234"));
+        let err = verify_encryption_key(&store, &other).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("database.encryption_key"),
+            "{err}"
+        );
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
@@ -27,6 +47,25 @@ pub enum BuildError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error(
+        "database.encryption_key: not the key this database was created with; \
+         restore the original key (a new key cannot read the sealed refresh tokens)"
+    )]
+    WrongEncryptionKey,
+}
+
+/// Checks that the store key is the one the database was written with: the first start seals a
+/// check value, every later start must open it. A wrong key would otherwise only show much
+/// later, as sessions that cannot be ended at the IdP.
+pub async fn verify_encryption_key(store: &dyn Store, sealer: &Sealer) -> Result<(), BuildError> {
+    const CHECK: &str = "mxidp encryption key check";
+    let stored = store
+        .init_setting("encryption_key_check", &sealer.seal_str(CHECK))
+        .await?;
+    match sealer.open(&stored) {
+        Ok(plain) if plain == CHECK.as_bytes() => Ok(()),
+        _ => Err(BuildError::WrongEncryptionKey),
+    }
 }
 
 pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError> {
@@ -129,6 +168,8 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
 /// Builds the production application: SQLite store, Synapse connection, the given provider.
 pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, BuildError> {
     let store = Arc::new(SqliteStore::open(&config.database.url).await?);
+    let sealer = Sealer::new(&config.encryption_key().map_err(BuildError::Problem)?);
+    verify_encryption_key(store.as_ref(), &sealer).await?;
     let homeserver = Arc::new(SynapseConnection::new(
         config.matrix.endpoint.clone(),
         config.matrix.homeserver.clone(),

@@ -294,6 +294,11 @@ pub trait Store: Send + Sync {
     /// Devices of the user's sessions that are still active.
     async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError>;
 
+    /// A setting of mxidp's own, by name.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a setting only when it has none yet; returns the value that is stored afterwards.
+    async fn init_setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
+
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
 }
