@@ -1,11 +1,20 @@
 //! The introspection cache: token hash → what introspection needs, in memory. Synapse
-//! introspects on every request it has not cached, so this keeps the hot path off the
-//! database. Entries are evicted when their session ends.
+//! introspects on every request it has not cached itself, so this keeps the hot path off the
+//! database (DESIGN §5.1).
+//!
+//! mxidp is the only writer of tokens: it issues them, rotates them and ends their sessions.
+//! So after [`IntrospectionCache::warm`] has loaded every active access token, the cache is
+//! *complete*: every issuance inserts, every rotation or session end evicts, and a miss means
+//! the token is not active, with no database round trip. If the cache ever overflows its
+//! capacity it stops being complete and misses go to the store again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use crate::ids::TokenHash;
+use crate::scope::introspection_scope;
+use crate::store::{Session, TokenRecord};
 
 /// Everything introspection answers for one active access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +30,35 @@ pub struct ActiveToken {
     pub expires_at: Option<i64>,
 }
 
+impl ActiveToken {
+    pub fn new(token: &TokenRecord, session: &Session) -> Self {
+        Self {
+            session_id: session.id.clone(),
+            subject: session.subject.clone(),
+            localpart: session.localpart.to_string(),
+            client_id: session.client_id.clone(),
+            scope: introspection_scope(&session.device_id, session.admin),
+            device_id: session.device_id.to_string(),
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+        }
+    }
+}
+
+/// What the cache knows about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Active(ActiveToken),
+    /// The cache is complete and does not hold the token: it is not active.
+    NotActive,
+    /// Ask the store.
+    Unknown,
+}
+
 pub struct IntrospectionCache {
     entries: RwLock<HashMap<TokenHash, ActiveToken>>,
     capacity: usize,
+    complete: AtomicBool,
 }
 
 impl IntrospectionCache {
@@ -31,23 +66,51 @@ impl IntrospectionCache {
         Self {
             entries: RwLock::new(HashMap::with_capacity(capacity.min(1 << 16))),
             capacity,
+            complete: AtomicBool::new(false),
         }
     }
 
-    pub fn get(&self, hash: &TokenHash) -> Option<ActiveToken> {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
+    /// Loads every active access token (at start). Complete when they all fit.
+    pub fn warm(&self, tokens: impl IntoIterator<Item = (TokenHash, ActiveToken)>) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.clear();
+        let mut fits = true;
+        for (hash, token) in tokens {
+            if entries.len() >= self.capacity {
+                fits = false;
+                break;
+            }
+            entries.insert(hash, token);
+        }
+        self.complete.store(fits, Ordering::Release);
+        if !fits {
+            tracing::warn!(
+                capacity = self.capacity,
+                "more active tokens than sessions.introspection_cache_entries: introspection misses go to the store"
+            );
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    pub fn lookup(&self, hash: &TokenHash) -> Lookup {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        match entries.get(hash) {
+            Some(token) => Lookup::Active(token.clone()),
+            None if self.is_complete() => Lookup::NotActive,
+            None => Lookup::Unknown,
+        }
     }
 
     pub fn insert(&self, hash: TokenHash, token: ActiveToken) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(&hash) {
-            // Full: drop everything rather than track recency on the hot path; the store
-            // refills entries on demand.
+            // Full: drop everything rather than track recency on the hot path; from now on
+            // misses go to the store, which refills entries on demand.
             entries.clear();
+            self.complete.store(false, Ordering::Release);
         }
         entries.insert(hash, token);
     }
@@ -65,5 +128,54 @@ impl IntrospectionCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(n: u8) -> (TokenHash, ActiveToken) {
+        (
+            TokenHash::of(&format!("t{n}")),
+            ActiveToken {
+                session_id: format!("s{n}"),
+                subject: "sub".into(),
+                localpart: "alice".into(),
+                client_id: "c".into(),
+                scope: "s".into(),
+                device_id: "DEVICEDEVICE".into(),
+                issued_at: 0,
+                expires_at: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_complete_cache_answers_misses_itself_until_it_overflows() {
+        let cache = IntrospectionCache::new(2);
+        assert_eq!(
+            cache.lookup(&token(9).0),
+            Lookup::Unknown,
+            "not warmed: ask the store"
+        );
+        cache.warm([token(1)]);
+        assert!(matches!(cache.lookup(&token(1).0), Lookup::Active(_)));
+        assert_eq!(cache.lookup(&token(9).0), Lookup::NotActive);
+        let (h, t) = token(2);
+        cache.insert(h, t);
+        assert!(cache.is_complete());
+        let (h, t) = token(3);
+        cache.insert(h, t);
+        assert!(!cache.is_complete(), "overflow gives up completeness");
+        assert_eq!(cache.lookup(&token(1).0), Lookup::Unknown);
+    }
+
+    #[test]
+    fn warming_more_than_fits_is_incomplete() {
+        let cache = IntrospectionCache::new(1);
+        cache.warm([token(1), token(2)]);
+        assert!(!cache.is_complete());
+        assert_eq!(cache.lookup(&token(7).0), Lookup::Unknown);
     }
 }

@@ -176,7 +176,30 @@ pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, 
         config.matrix_secret().map_err(BuildError::Problem)?,
         http_client(Duration::from_secs(config.matrix.timeout_seconds))?,
     ));
-    assemble(config, store, homeserver, provider)
+    let app = assemble(config, store, homeserver, provider)?;
+    warm_introspection_cache(&app).await?;
+    Ok(app)
+}
+
+/// Loads every active access token into the introspection cache, which makes it complete
+/// (see [`crate::cache`]). Call once at start, before serving.
+pub async fn warm_introspection_cache(app: &AppState) -> Result<usize, crate::store::StoreError> {
+    let tokens = app
+        .store
+        .active_access_tokens(crate::ids::now_unix())
+        .await?;
+    let count = tokens.len();
+    app.cache.warm(
+        tokens.iter().map(|(record, session)| {
+            (record.hash, crate::cache::ActiveToken::new(record, session))
+        }),
+    );
+    tracing::info!(
+        active_tokens = count,
+        complete = app.cache.is_complete(),
+        "introspection cache loaded"
+    );
+    Ok(count)
 }
 
 /// Discovers the IdP, retrying with back-off until it answers; logs each failure.

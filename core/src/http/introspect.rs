@@ -9,9 +9,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::{App, AppState};
-use crate::cache::ActiveToken;
+use crate::cache::{ActiveToken, Lookup};
 use crate::ids::{now_unix, TokenHash};
-use crate::scope::introspection_scope;
 use crate::store::{SessionState, StoreError, TokenKind};
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -68,36 +67,28 @@ pub async fn introspect_token(
     now: i64,
 ) -> Result<Option<ActiveToken>, StoreError> {
     let hash = TokenHash::of(token);
-    if let Some(active) = app.cache.get(&hash) {
-        return Ok(active
-            .expires_at
-            .is_none_or(|exp| exp > now)
-            .then_some(active));
-    }
-    let Some((record, session)) = app.store.token(hash).await? else {
-        return Ok(None);
+    let active = match app.cache.lookup(&hash) {
+        Lookup::Active(active) => active,
+        Lookup::NotActive => return Ok(None),
+        Lookup::Unknown => {
+            let Some((record, session)) = app.store.token(hash).await? else {
+                return Ok(None);
+            };
+            if record.kind != TokenKind::Access
+                || record.rotated_at.is_some()
+                || session.state != SessionState::Active
+            {
+                return Ok(None);
+            }
+            let active = ActiveToken::new(&record, &session);
+            app.cache.insert(hash, active.clone());
+            active
+        }
     };
-    if record.kind != TokenKind::Access
-        || record.rotated_at.is_some()
-        || session.state != SessionState::Active
-    {
-        return Ok(None);
-    }
-    if record.expires_at.is_some_and(|exp| exp <= now) {
-        return Ok(None);
-    }
-    let active = ActiveToken {
-        session_id: session.id.clone(),
-        subject: session.subject.clone(),
-        localpart: session.localpart.to_string(),
-        client_id: session.client_id.clone(),
-        scope: introspection_scope(&session.device_id, session.admin),
-        device_id: session.device_id.to_string(),
-        issued_at: record.issued_at,
-        expires_at: record.expires_at,
-    };
-    app.cache.insert(hash, active.clone());
-    Ok(Some(active))
+    Ok(active
+        .expires_at
+        .is_none_or(|exp| exp > now)
+        .then_some(active))
 }
 
 fn active_answer(t: &ActiveToken, now: i64) -> serde_json::Value {

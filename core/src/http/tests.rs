@@ -74,6 +74,7 @@ async fn env_with_provider(extra: &str, provider: Arc<dyn crate::provider::Provi
     let hs = MemoryHomeserver::new("example.org");
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
     let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), provider).unwrap();
+    crate::server::warm_introspection_cache(&app).await.unwrap();
     let mut settings = idp.upstream_settings();
     settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
     app.upstream.set(idp.upstream_with(settings).await);
@@ -1317,4 +1318,51 @@ async fn account_management_goes_to_the_configured_page_or_explains() {
             .unwrap();
         assert_eq!(location(&r), "https://idp.example.org/account", "{action}");
     }
+}
+
+#[tokio::test]
+async fn introspection_answers_from_memory_and_falls_back_to_the_store_when_the_cache_is_incomplete(
+) {
+    let env = env().await;
+    assert!(env.app.cache.is_complete());
+    let tokens = env.tokens(&env.request("DEVICE000032").await).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(env.introspect(access).await["active"], true);
+
+    // A restart: a fresh cache loaded from the store knows the session.
+    let cache = crate::cache::IntrospectionCache::new(10);
+    let loaded = env
+        .app
+        .store
+        .active_access_tokens(crate::ids::now_unix())
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1);
+    cache.warm(
+        loaded
+            .iter()
+            .map(|(r, s)| (r.hash, crate::cache::ActiveToken::new(r, s))),
+    );
+    assert!(matches!(
+        cache.lookup(&TokenHash::of(access)),
+        crate::cache::Lookup::Active(_)
+    ));
+
+    // An overflowing cache is no longer trusted for misses: the store answers.
+    for i in 0..200_001u32 {
+        if env.app.cache.is_complete() {
+            env.app.cache.insert(
+                TokenHash::of(&format!("filler-{i}")),
+                crate::cache::ActiveToken::new(&loaded[0].0, &loaded[0].1),
+            );
+        } else {
+            break;
+        }
+    }
+    assert!(!env.app.cache.is_complete());
+    assert_eq!(
+        env.introspect(access).await["active"],
+        true,
+        "found in the store"
+    );
 }

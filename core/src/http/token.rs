@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::authorize::pkce_s256;
 use super::{internal, oauth_error, App, AppState};
+use crate::cache::ActiveToken;
 use crate::ids::{now_unix, random_token, TokenHash};
 use crate::registration::ClientMetadata;
 use crate::scope::MatrixScope;
@@ -229,6 +230,9 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         .add_session(&session, &tokens)
         .await
         .map_err(store_error("add session"))?;
+    // The cache holds every active access token (see crate::cache).
+    app.cache
+        .insert(tokens[0].hash, ActiveToken::new(&tokens[0], &session));
     app.store
         .link_code_session(code_hash, &session.id)
         .await
@@ -346,6 +350,8 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
             e => RouteError::Internal(internal("rotate tokens", &e)),
         })?;
     app.cache.remove(&evicted);
+    app.cache
+        .insert(tokens[0].hash, ActiveToken::new(&tokens[0], &session));
     let scope = MatrixScope::parse(&session.scope)
         .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
     let refresh_out = new_refresh.unwrap_or_else(|| SecretString::new(presented));

@@ -271,6 +271,12 @@ pub trait Store: Send + Sync {
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
     /// The token and its session, for introspection, refresh and revocation.
     async fn token(&self, hash: TokenHash) -> Result<Option<(TokenRecord, Session)>, StoreError>;
+    /// Every access token that is active now (not rotated, not expired, session active), with
+    /// its session: what the introspection cache loads at start.
+    async fn active_access_tokens(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(TokenRecord, Session)>, StoreError>;
     /// Refresh: marks the session's access tokens and `old_refresh` (when the IdP rotated it)
     /// rotated, adds the new tokens and replaces the sealed refresh token. Returns the hashes of
     /// the rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when

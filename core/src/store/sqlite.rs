@@ -113,6 +113,32 @@ async fn insert_tokens(
     Ok(())
 }
 
+/// A token with its session; `token_from_row` reads it.
+const TOKEN_SELECT: &str = "SELECT t.hash AS t_hash, t.kind, t.expires_at AS t_expires_at, t.issued_at AS t_issued_at, \
+     t.rotated_at AS t_rotated_at, s.id, s.provider, s.subject, s.localpart, s.device_id, s.client_id, s.idp_sid, \
+     s.scope, s.admin, s.active, s.sealed_refresh_token, s.created_at, s.ended_at, s.end_reason \
+     FROM tokens t JOIN sessions s ON s.id = t.session_id";
+
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(TokenRecord, Session), StoreError> {
+    let session = session_from_row(row)?;
+    let kind = match row.try_get::<&str, _>("kind")? {
+        "access" => TokenKind::Access,
+        "refresh" => TokenKind::Refresh,
+        other => return Err(StoreError::Corrupt(format!("token kind {other}"))),
+    };
+    let hash = TokenHash::from_hex(row.try_get::<&str, _>("t_hash")?)
+        .ok_or_else(|| StoreError::Corrupt("token hash".into()))?;
+    let token = TokenRecord {
+        hash,
+        session_id: session.id.clone(),
+        kind,
+        expires_at: row.try_get("t_expires_at")?,
+        issued_at: row.try_get("t_issued_at")?,
+        rotated_at: row.try_get("t_rotated_at")?,
+    };
+    Ok((token, session))
+}
+
 const SESSION_COLUMNS: &str =
     "s.id, s.provider, s.subject, s.localpart, s.device_id, s.client_id, s.idp_sid, s.scope, \
      s.admin, s.active, s.sealed_refresh_token, s.created_at, s.ended_at, s.end_reason";
@@ -397,29 +423,25 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, hash: TokenHash) -> Result<Option<(TokenRecord, Session)>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT t.kind, t.expires_at AS t_expires_at, t.issued_at AS t_issued_at, t.rotated_at AS t_rotated_at, {SESSION_COLUMNS} \
-             FROM tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?"
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE t.hash = ?"))
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn active_access_tokens(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(TokenRecord, Session)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{TOKEN_SELECT} WHERE t.kind = 'access' AND t.rotated_at IS NULL AND s.active = 1 \
+             AND (t.expires_at IS NULL OR t.expires_at > ?)"
         ))
-        .bind(hash.to_hex())
-        .fetch_optional(&self.pool)
+        .bind(now)
+        .fetch_all(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let session = session_from_row(&row)?;
-        let kind = match row.try_get::<&str, _>("kind")? {
-            "access" => TokenKind::Access,
-            "refresh" => TokenKind::Refresh,
-            other => return Err(StoreError::Corrupt(format!("token kind {other}"))),
-        };
-        let token = TokenRecord {
-            hash,
-            session_id: session.id.clone(),
-            kind,
-            expires_at: row.try_get("t_expires_at")?,
-            issued_at: row.try_get("t_issued_at")?,
-            rotated_at: row.try_get("t_rotated_at")?,
-        };
-        Ok(Some((token, session)))
+        rows.iter().map(token_from_row).collect()
     }
 
     async fn rotate_tokens(
