@@ -1,5 +1,6 @@
 //! mxidp-core: the engine of mxidp. See DESIGN.md for the architecture.
 
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod crypto;

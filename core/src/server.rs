@@ -137,6 +137,7 @@ pub fn assemble(
     Ok(Arc::new(AppState {
         issuer: config.http.public_base.clone(),
         mapping: mapping_settings(config, provider.as_ref())?,
+        events: crate::events::EventPipeline::new(store.clone()),
         store,
         homeserver,
         provider,

@@ -85,6 +85,8 @@ pub struct AppState {
     /// mxidp's public URL, the issuer (ends in `/`).
     pub issuer: Url,
     pub store: Arc<dyn Store>,
+    /// Where receivers hand verified IdP events (durable, deduplicated).
+    pub events: crate::events::EventPipeline,
     pub homeserver: Arc<dyn HomeserverConnection>,
     pub provider: Arc<dyn Provider>,
     pub upstream: UpstreamSlot,

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{DeviceId, Localpart, TokenHash};
 
 pub mod sqlite;
+mod sqlite_audit;
+mod sqlite_events;
 
 pub use sqlite::SqliteStore;
 
@@ -205,8 +207,9 @@ impl PartialEq for RedeemedAuthorization {
 }
 impl Eq for RedeemedAuthorization {}
 
+/// All of mxidp's persistence. The event and audit parts are their own traits (and files).
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + Sync {
     /// Checks that the database answers (for `/health/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -40,6 +40,10 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// A private in-memory database, for tests.
     pub async fn in_memory() -> Result<Self, StoreError> {
         Self::open("sqlite::memory:").await

@@ -3,7 +3,9 @@
 //! pipeline, the audit log, the homeserver actions) sees only this type.
 
 /// What happened at the IdP, keyed on what the IdP identifies users and sessions by.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialised (tagged by `kind`) into the durable `idp_events` table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IdpEvent {
     /// One IdP session ended (back-channel logout `sid`).
     SessionEnded {
@@ -59,4 +61,40 @@ pub enum WebhookError {
     Unauthenticated,
     #[error("the payload is malformed: {0}")]
     Malformed(String),
+}
+
+pub mod pipeline;
+pub mod store;
+
+pub use pipeline::{Acceptance, EventPipeline};
+pub use store::{EventStore, StoredEvent};
+
+impl IdpEvent {
+    /// A short name for logs, the audit log and the `events` table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IdpEvent::SessionEnded { .. } => "session_ended",
+            IdpEvent::AllSessionsEnded { .. } => "all_sessions_ended",
+            IdpEvent::UserLocked { .. } => "user_locked",
+            IdpEvent::UserUnlocked { .. } => "user_unlocked",
+            IdpEvent::UserDeactivated { .. } => "user_deactivated",
+            IdpEvent::UserReactivated { .. } => "user_reactivated",
+            IdpEvent::UserDeleted { .. } => "user_deleted",
+            IdpEvent::CredentialChanged { .. } => "credential_changed",
+        }
+    }
+
+    /// The subject the event concerns, when it names one (a `SessionEnded` names a session).
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            IdpEvent::SessionEnded { .. } => None,
+            IdpEvent::AllSessionsEnded { subject }
+            | IdpEvent::UserLocked { subject }
+            | IdpEvent::UserUnlocked { subject }
+            | IdpEvent::UserDeactivated { subject, .. }
+            | IdpEvent::UserReactivated { subject }
+            | IdpEvent::UserDeleted { subject }
+            | IdpEvent::CredentialChanged { subject } => Some(subject),
+        }
+    }
 }
