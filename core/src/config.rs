@@ -28,6 +28,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub sessions: SessionsConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub reconciliation: ReconciliationConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +219,116 @@ fn words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
         Words::List(list) => list,
         Words::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
     })
+}
+
+/// The IdP event pipeline (DESIGN §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// First retry delay after a failed action; doubles (with jitter) up to `retry_max_seconds`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_seconds: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_seconds: u64,
+    /// An event still failing this long after it was received goes to the dead letters.
+    #[serde(default = "default_event_max_age")]
+    pub max_age_seconds: u64,
+    /// `end_sessions` (default): a password or credential change signs the user out everywhere.
+    /// `record`: only audit it.
+    #[serde(default)]
+    pub on_credential_change: CredentialChangePolicy,
+    /// `UserDeleted` also asks Synapse for GDPR erasure.
+    #[serde(default)]
+    pub erase_on_delete: bool,
+    /// Shared Signals (RFC 8935 push of RFC 8417 SETs), e.g. from Okta. Off unless set.
+    #[serde(default)]
+    pub ssf: Option<TransmitterConfig>,
+    /// Global token revocation (Okta Universal Logout). Off unless set.
+    #[serde(default)]
+    pub global_token_revocation: Option<TransmitterConfig>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_seconds: default_retry_initial(),
+            retry_max_seconds: default_retry_max(),
+            max_age_seconds: default_event_max_age(),
+            on_credential_change: CredentialChangePolicy::default(),
+            erase_on_delete: false,
+            ssf: None,
+            global_token_revocation: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialChangePolicy {
+    #[default]
+    EndSessions,
+    Record,
+}
+
+/// A party that signs security events for mxidp: its issuer and where its keys are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransmitterConfig {
+    /// The `iss` its tokens carry, compared exactly.
+    pub issuer: String,
+    /// Its JWKS (fetched by mxidp; configured here, never taken from a token).
+    pub jwks_uri: Url,
+    /// The `aud` expected; defaults to mxidp's public URL (SSF) or the endpoint URL (global
+    /// token revocation).
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// The periodic job that finds sessions ended at the IdP without any event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Time between two rounds (jittered by up to 10 %).
+    #[serde(default = "default_reconcile_interval")]
+    pub interval_seconds: u64,
+    /// Sessions checked per round.
+    #[serde(default = "default_reconcile_batch")]
+    pub batch_size: u32,
+    /// Upper bound on calls to the IdP per second.
+    #[serde(default = "default_reconcile_rate")]
+    pub max_requests_per_second: u32,
+}
+
+impl Default for ReconciliationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_seconds: default_reconcile_interval(),
+            batch_size: default_reconcile_batch(),
+            max_requests_per_second: default_reconcile_rate(),
+        }
+    }
+}
+
+fn default_retry_initial() -> u64 {
+    2
+}
+fn default_retry_max() -> u64 {
+    300
+}
+fn default_event_max_age() -> u64 {
+    86_400
+}
+fn default_reconcile_interval() -> u64 {
+    3_600
+}
+fn default_reconcile_batch() -> u32 {
+    100
+}
+fn default_reconcile_rate() -> u32 {
+    5
 }
 
 fn default_listen() -> SocketAddr {
@@ -521,6 +635,52 @@ impl Config {
                 &mut problems,
                 "sessions.authorization_code_seconds",
                 "must be between 1 and 600 (RFC 6749 §4.1.2 recommends at most 10 minutes)".into(),
+            );
+        }
+        let e = &self.events;
+        if e.retry_initial_seconds == 0 || e.retry_initial_seconds > e.retry_max_seconds {
+            push(
+                &mut problems,
+                "events.retry_initial_seconds",
+                "must be at least 1 and at most events.retry_max_seconds".into(),
+            );
+        }
+        if e.max_age_seconds < e.retry_max_seconds {
+            push(
+                &mut problems,
+                "events.max_age_seconds",
+                "must be at least events.retry_max_seconds".into(),
+            );
+        }
+        for (key, t) in [
+            ("events.ssf", &e.ssf),
+            ("events.global_token_revocation", &e.global_token_revocation),
+        ] {
+            if let Some(t) = t {
+                if t.issuer.is_empty() {
+                    push(
+                        &mut problems,
+                        &format!("{key}.issuer"),
+                        "must not be empty".into(),
+                    );
+                }
+                if t.jwks_uri.scheme() != "https" && !is_loopback_host(&t.jwks_uri) {
+                    push(
+                        &mut problems,
+                        &format!("{key}.jwks_uri"),
+                        "must be https unless it is a loopback address".into(),
+                    );
+                }
+            }
+        }
+        let r = &self.reconciliation;
+        if r.enabled
+            && (r.interval_seconds < 60 || r.batch_size == 0 || r.max_requests_per_second == 0)
+        {
+            push(
+                &mut problems,
+                "reconciliation",
+                "interval_seconds must be at least 60, batch_size and max_requests_per_second at least 1".into(),
             );
         }
         if s.pending_authorization_seconds < 60 {

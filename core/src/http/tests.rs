@@ -1366,3 +1366,25 @@ async fn introspection_answers_from_memory_and_falls_back_to_the_store_when_the_
         "found in the store"
     );
 }
+
+#[tokio::test]
+async fn homeserver_down_at_the_token_endpoint_gives_503_and_leaves_no_session() {
+    let env = env().await;
+    let r = env.request("DEVICE000033").await;
+    let code = env.sign_in(&r).await;
+    env.hs.set_unavailable(true);
+    let answer = env.exchange(&r, &code).await;
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["error"],
+        "temporarily_unavailable"
+    );
+    let active = env
+        .app
+        .store
+        .active_access_tokens(crate::ids::now_unix())
+        .await
+        .unwrap();
+    assert!(active.is_empty(), "no session may outlive a failed sign-in");
+    assert!(env.app.cache.is_empty());
+}

@@ -166,25 +166,6 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     let scope = MatrixScope::parse(&pending.scope)
         .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
 
-    // The device must exist before the client's first request, or Synapse answers 401.
-    let client = app
-        .store
-        .client(&pending.client_id)
-        .await
-        .map_err(store_error("load client"))?;
-    let device_name = client
-        .and_then(|c| serde_json::from_value::<ClientMetadata>(c.metadata).ok())
-        .and_then(|m| m.client_name);
-    app.homeserver
-        .upsert_device(&login.localpart, &pending.device_id, device_name.as_deref())
-        .await
-        .map_err(|e| {
-            RouteError::Unavailable(format!(
-                "the homeserver is not reachable ({})",
-                internal("upsert device", &e)
-            ))
-        })?;
-
     let expires_in = login
         .access_expires_in
         .map(|s| s as i64)
@@ -230,6 +211,16 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         .add_session(&session, &tokens)
         .await
         .map_err(store_error("add session"))?;
+    // The device must exist before the client's first request, or Synapse answers 401. It is
+    // created after the session is stored, so that a concurrent device sync (which keeps the
+    // devices of active sessions) never removes it.
+    if let Err(e) = upsert_device(app, &pending.client_id, login, &pending.device_id).await {
+        let _ = app
+            .store
+            .end_session(&session.id, "homeserver unreachable at sign-in", now)
+            .await;
+        return Err(e);
+    }
     // The cache holds every active access token (see crate::cache).
     app.cache
         .insert(tokens[0].hash, ActiveToken::new(&tokens[0], &session));
@@ -361,6 +352,33 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
         expires_in,
         &scope.granted_string(session.admin),
     ))
+}
+
+async fn upsert_device(
+    app: &AppState,
+    client_id: &str,
+    login: &crate::store::UpstreamLogin,
+    device_id: &crate::ids::DeviceId,
+) -> Result<(), RouteError> {
+    let client = app
+        .store
+        .client(client_id)
+        .await
+        .map_err(store_error("load client"))?;
+    let device_name = client
+        .and_then(|c| serde_json::from_value::<ClientMetadata>(c.metadata).ok())
+        .and_then(|m| m.client_name);
+    app.homeserver
+        .upsert_device(&login.localpart, device_id, device_name.as_deref())
+        .await
+        .map_err(|e| {
+            RouteError::Unavailable(format!(
+                "the homeserver is not reachable ({})",
+                internal("upsert device", &e)
+            ))
+        })?;
+
+    Ok(())
 }
 
 fn token_response(
