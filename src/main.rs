@@ -125,11 +125,7 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         )
     })?;
     let app = mxidp_core::server::build(&config, provider).await?;
-    mxidp_core::server::spawn_discovery(
-        app.clone(),
-        mxidp_core::server::upstream_settings(&config)?,
-    );
-    mxidp_core::server::spawn_pruning(app.clone());
+    mxidp_core::server::spawn_background(app.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;

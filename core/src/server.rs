@@ -231,6 +231,14 @@ pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::Joi
     })
 }
 
+/// Starts everything that runs beside the HTTP server: IdP discovery, pruning (and, as they
+/// land, the event worker and reconciliation). `serve` and the end-to-end tests both use it.
+pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
+    spawn_discovery(app.clone(), upstream_settings(config)?);
+    spawn_pruning(app);
+    Ok(())
+}
+
 /// Prunes expired sign-ins and codes every minute.
 pub fn spawn_pruning(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

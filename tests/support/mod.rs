@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod idp;
 pub mod process;
+pub mod proxy;
 pub mod stack;
 pub mod synapse;
 

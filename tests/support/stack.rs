@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{free_port, Idp, IdpAccount, IdpClient, IdpConfig, Synapse, SynapseOptions};
+use super::process::ChildProcess;
+use super::proxy::Proxy;
+use super::{Idp, IdpAccount, IdpClient, IdpConfig, Synapse, SynapseOptions};
 
 pub const SHARED_SECRET: &str = "e2e-shared-secret-0123456789abcdef0123456789";
 pub const CLIENT_ID: &str = "mxidp";
@@ -17,22 +19,47 @@ pub const SERVER_NAME: &str = "e2e.test";
 pub struct Stack {
     pub idp: Idp,
     pub synapse: Synapse,
+    /// Between mxidp and Synapse: take it down to "stop Synapse", read the calls that reached it.
+    pub proxy: Proxy,
     /// mxidp's public URL (its issuer).
     pub mxidp: Url,
-    pub app: mxidp_core::http::App,
-    server: tokio::task::JoinHandle<()>,
+    mode: Mode,
+    config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// mxidp in this test process (its state is inspectable), or as the real binary (killable).
+enum Mode {
+    InProcess {
+        app: mxidp_core::http::App,
+        server: tokio::task::JoinHandle<()>,
+    },
+    Process {
+        child: Option<ChildProcess>,
+    },
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Mode::InProcess { server, .. } = &self.mode {
+            server.abort();
+        }
     }
 }
 
 impl Stack {
-    /// Starts the IdP with the given accounts, Synapse and mxidp; returns once mxidp is ready.
+    /// Starts the IdP with the given accounts, Synapse and mxidp (in this process); returns
+    /// once mxidp is ready.
     pub async fn start(accounts: Vec<IdpAccount>) -> Stack {
+        Self::start_with(accounts, false).await
+    }
+
+    /// The same with mxidp as the real `mxidp serve` process.
+    pub async fn start_process(accounts: Vec<IdpAccount>) -> Stack {
+        Self::start_with(accounts, true).await
+    }
+
+    async fn start_with(accounts: Vec<IdpAccount>, process: bool) -> Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mxidp: Url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
@@ -60,6 +87,13 @@ impl Stack {
             SERVER_NAME,
         ))
         .await;
+        let synapse_addr = synapse.base_url();
+        let proxy = Proxy::start(format!(
+            "{}:{}",
+            synapse_addr.host_str().unwrap(),
+            synapse_addr.port_or_known_default().unwrap()
+        ))
+        .await;
 
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
@@ -82,46 +116,88 @@ scopes = ["openid", "profile", "email", "groups"]
 "#,
             listen = listener.local_addr().unwrap(),
             db = dir.path().join("mxidp.db").display(),
-            synapse = synapse.base_url(),
+            synapse = proxy.url(),
             issuer = idp.issuer(),
         );
         let path = dir.path().join("mxidp.toml");
         std::fs::write(&path, toml).unwrap();
-        let config =
-            mxidp_core::config::Config::load_checked(Some(&path)).expect("valid e2e config");
-        let app = mxidp_core::server::build(&config, Arc::new(mxidp_core::provider::GenericOidc))
-            .await
-            .expect("mxidp builds");
-        mxidp_core::server::spawn_discovery(
-            app.clone(),
-            mxidp_core::server::upstream_settings(&config).unwrap(),
-        );
-        let served = app.clone();
-        let server = tokio::spawn(async move {
-            let _ = mxidp_core::server::run(served, listener, std::future::pending()).await;
-        });
+        let mode = if process {
+            drop(listener);
+            Mode::Process {
+                child: Some(spawn_mxidp(&path)),
+            }
+        } else {
+            let config =
+                mxidp_core::config::Config::load_checked(Some(&path)).expect("valid e2e config");
+            let app =
+                mxidp_core::server::build(&config, Arc::new(mxidp_core::provider::GenericOidc))
+                    .await
+                    .expect("mxidp builds");
+            mxidp_core::server::spawn_background(app.clone(), &config).expect("background tasks");
+            let served = app.clone();
+            let server = tokio::spawn(async move {
+                let _ = mxidp_core::server::run(served, listener, std::future::pending()).await;
+            });
+            Mode::InProcess { app, server }
+        };
         let stack = Stack {
             idp,
             synapse,
+            proxy,
             mxidp,
-            app,
-            server,
+            mode,
+            config_path: path,
             _dir: dir,
         };
         stack.wait_ready().await;
         stack
     }
 
+    /// mxidp's state (in-process stacks only).
+    pub fn app(&self) -> &mxidp_core::http::App {
+        match &self.mode {
+            Mode::InProcess { app, .. } => app,
+            Mode::Process { .. } => panic!("mxidp runs as a process in this stack"),
+        }
+    }
+
+    /// `kill -9` the mxidp process: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        let Mode::Process { child } = &mut self.mode else {
+            panic!("in-process stack")
+        };
+        let mut c = child.take().expect("mxidp is running");
+        c.kill();
+    }
+
+    /// Starts mxidp again on the same configuration and database; waits until ready.
+    pub async fn restart(&mut self) {
+        let Mode::Process { child } = &mut self.mode else {
+            panic!("in-process stack")
+        };
+        assert!(child.is_none(), "kill it first");
+        *child = Some(spawn_mxidp(&self.config_path));
+        self.wait_ready().await;
+    }
+
+    /// The configuration file mxidp runs with (for CLI commands in tests).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     async fn wait_ready(&self) {
         let http = reqwest::Client::new();
         let ready = self.mxidp.join("health/ready").unwrap();
-        for _ in 0..100 {
+        for _ in 0..300 {
             if let Ok(r) = http.get(ready.clone()).send().await {
                 if r.status().is_success() {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Mode::Process { child: Some(c) } = &self.mode {
+            panic!("mxidp did not become ready:\n{}", c.output());
         }
         panic!("mxidp did not become ready (IdP discovery failed?)");
     }
@@ -173,4 +249,14 @@ scopes = ["openid", "profile", "email", "groups"]
             .map(|d| d["device_id"].as_str().unwrap().to_owned())
             .collect()
     }
+}
+
+fn spawn_mxidp(config: &std::path::Path) -> ChildProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mxidp"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("MXIDP_LOG", "info");
+    ChildProcess::spawn("mxidp", command).expect("start the mxidp binary")
 }
