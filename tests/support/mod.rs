@@ -10,6 +10,7 @@ pub mod browser;
 pub mod idp;
 pub mod process;
 pub mod proxy;
+pub mod raw_client;
 pub mod stack;
 pub mod synapse;
 
