@@ -51,15 +51,16 @@ impl Stack {
     /// Starts the IdP with the given accounts, Synapse and mxidp (in this process); returns
     /// once mxidp is ready.
     pub async fn start(accounts: Vec<IdpAccount>) -> Stack {
-        Self::start_with(accounts, false).await
+        Self::start_with(accounts, false, "").await
     }
 
     /// The same with mxidp as the real `mxidp serve` process.
     pub async fn start_process(accounts: Vec<IdpAccount>) -> Stack {
-        Self::start_with(accounts, true).await
+        Self::start_with(accounts, true, "").await
     }
 
-    async fn start_with(accounts: Vec<IdpAccount>, process: bool) -> Stack {
+    /// Either, with extra TOML appended to mxidp's configuration (whole sections).
+    pub async fn start_with(accounts: Vec<IdpAccount>, process: bool, extra_toml: &str) -> Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mxidp: Url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
@@ -113,6 +114,7 @@ issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 scopes = ["openid", "profile", "email", "groups"]
+{extra_toml}
 "#,
             listen = listener.local_addr().unwrap(),
             db = dir.path().join("mxidp.db").display(),
