@@ -237,6 +237,16 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         mxidp_core::server::upstream_settings(&config)?,
     );
     mxidp_core::server::spawn_pruning(app.clone());
+    if mxidp_core::reconcile::spawn_reconciliation(app.clone(), config.reconciliation.clone())
+        .is_some()
+    {
+        tracing::info!(
+            interval_s = config.reconciliation.interval_seconds,
+            batch_size = config.reconciliation.batch_size,
+            max_requests_per_second = config.reconciliation.max_requests_per_second,
+            "reconciliation enabled"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
