@@ -1,11 +1,12 @@
 //! The IdP boundary. [`GenericOidc`] is the complete default; an adapter crate implements
 //! [`Provider`] and overrides only what its IdP does differently (DESIGN §8, §9).
 
+use async_trait::async_trait;
 use serde_json::{Map, Value};
 use url::Url;
 
 use crate::events::{ReceivedEvent, WebhookError, WebhookRequest};
-use crate::upstream::ProviderMetadata;
+use crate::upstream::{ProviderMetadata, UpstreamError};
 
 /// Claims of one login: the ID token's claims, with userinfo merged in when configured.
 pub type Claims = Map<String, Value>;
@@ -21,6 +22,20 @@ pub enum AccountAction {
     CrossSigningReset,
 }
 
+/// What the IdP says about a user, for reconciliation ([`Provider::user_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    /// The IdP cannot or did not say (the default: generic OIDC has no user API).
+    Unknown,
+    Active,
+    /// Suspended, locked or deactivated at the IdP: may come back.
+    Disabled,
+    /// Gone from the IdP.
+    Deleted,
+}
+
+/// Adapters implement this with `#[async_trait]` only if they override an async hook.
+#[async_trait]
 pub trait Provider: Send + Sync {
     /// Short name used in configuration and logs (`generic`, `keycloak`, ...).
     fn name(&self) -> &'static str {
@@ -84,6 +99,21 @@ pub trait Provider: Send + Sync {
     /// Where the IdP lets the user manage their account for an action, when it has such a page.
     fn account_url(&self, _metadata: &ProviderMetadata, _action: AccountAction) -> Option<Url> {
         None
+    }
+
+    /// Whether the IdP's introspection endpoint (RFC 7662) knows refresh tokens. Reconciliation
+    /// ends a session whose refresh token the IdP calls inactive, so an IdP that only
+    /// introspects access tokens (and calls every refresh token inactive) must say `false`.
+    fn introspects_refresh_tokens(&self) -> bool {
+        true
+    }
+
+    /// The user's status at the IdP, asked by reconciliation for IdPs that never send some
+    /// events (a disabled or deleted user). An adapter with a user API overrides this; each call
+    /// that answers anything but [`UserStatus::Unknown`] counts against
+    /// `reconciliation.max_requests_per_second`. An error is counted and changes nothing.
+    async fn user_status(&self, _subject: &str) -> Result<UserStatus, UpstreamError> {
+        Ok(UserStatus::Unknown)
     }
 }
 

@@ -231,11 +231,20 @@ pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::Joi
     })
 }
 
-/// Starts everything that runs beside the HTTP server: IdP discovery, pruning (and, as they
-/// land, the event worker and reconciliation). `serve` and the end-to-end tests both use it.
+/// Starts everything that runs beside the HTTP server: IdP discovery, pruning, reconciliation
+/// (when enabled) and, as it lands, the event worker. `serve` and the end-to-end tests both use it.
 pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     spawn_discovery(app.clone(), upstream_settings(config)?);
-    spawn_pruning(app);
+    spawn_pruning(app.clone());
+    let r = &config.reconciliation;
+    if crate::reconcile::spawn_reconciliation(app, r.clone()).is_some() {
+        tracing::info!(
+            interval_s = r.interval_seconds,
+            batch_size = r.batch_size,
+            max_requests_per_second = r.max_requests_per_second,
+            "reconciliation enabled"
+        );
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! session everywhere it lives: the store, the introspection cache, the homeserver device and
 //! the IdP.
 
+use crate::audit::{self, AuditEntry};
 use crate::http::AppState;
 use crate::ids::now_unix;
 use crate::store::Session;
@@ -27,6 +28,11 @@ pub async fn end_session(
     };
     app.cache.remove(&hashes);
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
+    audit::record(
+        app.store.as_ref(),
+        session_entry(session, "session.ended", reason, "ok".into()),
+    )
+    .await;
 
     // Another active session of the same user may use the same device id (a client that
     // signed in twice with one device): keep the device then.
@@ -37,13 +43,22 @@ pub async fn end_session(
         .map(|devices| devices.contains(&session.device_id))
         .unwrap_or(false);
     if !still_used {
-        if let Err(e) = app
+        let outcome = match app
             .homeserver
             .delete_device(&session.localpart, &session.device_id)
             .await
         {
-            tracing::warn!(session = %session.id, error = %e, "could not delete the device in the homeserver");
-        }
+            Ok(_) => "ok".to_owned(),
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "could not delete the device in the homeserver");
+                format!("failed: {e}")
+            }
+        };
+        audit::record(
+            app.store.as_ref(),
+            session_entry(session, "homeserver.delete_device", reason, outcome),
+        )
+        .await;
     }
 
     if let (Some(sealed), Some(upstream)) = (&session.sealed_refresh_token, app.upstream.get()) {
@@ -62,4 +77,25 @@ pub async fn end_session(
         }
     }
     Ok(true)
+}
+
+/// An audit entry about a session: mxidp acts, on the session, for `reason` (which names the
+/// trigger: the client's revocation, a replay, the IdP, an event).
+fn session_entry(session: &Session, action: &str, reason: &str, outcome: String) -> AuditEntry {
+    AuditEntry {
+        actor: "mxidp".into(),
+        action: action.into(),
+        target: session.id.clone(),
+        source: "sessions".into(),
+        outcome,
+        correlation_id: session.id.clone(),
+        details: serde_json::json!({
+            "reason": reason,
+            "provider": session.provider,
+            "subject": session.subject,
+            "localpart": session.localpart.as_str(),
+            "device_id": session.device_id.as_str(),
+            "client_id": session.client_id,
+        }),
+    }
 }

@@ -34,6 +34,11 @@ pub enum IdpEvent {
     CredentialChanged {
         subject: String,
     },
+    /// One mxidp session is over at the IdP, found by mxidp itself (reconciliation: the IdP
+    /// says its refresh token is no longer active) rather than named by an IdP `sid`.
+    MxidpSessionEnded {
+        session_id: String,
+    },
 }
 
 /// An event as received: the IdP's own id for deduplication and its own time for ordering.
@@ -81,13 +86,15 @@ impl IdpEvent {
             IdpEvent::UserReactivated { .. } => "user_reactivated",
             IdpEvent::UserDeleted { .. } => "user_deleted",
             IdpEvent::CredentialChanged { .. } => "credential_changed",
+            IdpEvent::MxidpSessionEnded { .. } => "mxidp_session_ended",
         }
     }
 
-    /// The subject the event concerns, when it names one (a `SessionEnded` names a session).
+    /// The subject the event concerns, when it names one (a `SessionEnded` or
+    /// `MxidpSessionEnded` names a session).
     pub fn subject(&self) -> Option<&str> {
         match self {
-            IdpEvent::SessionEnded { .. } => None,
+            IdpEvent::SessionEnded { .. } | IdpEvent::MxidpSessionEnded { .. } => None,
             IdpEvent::AllSessionsEnded { subject }
             | IdpEvent::UserLocked { subject }
             | IdpEvent::UserUnlocked { subject }

@@ -1388,3 +1388,44 @@ async fn homeserver_down_at_the_token_endpoint_gives_503_and_leaves_no_session()
     assert!(active.is_empty(), "no session may outlive a failed sign-in");
     assert!(env.app.cache.is_empty());
 }
+
+#[tokio::test]
+async fn sign_in_and_sign_out_are_audited_without_tokens() {
+    let env = env().await;
+    let r = env.request("DEVICE000090").await;
+    let tokens = env.tokens(&r).await;
+    env.idp.fail_refresh_with_invalid_grant(true);
+    let answer = env
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &r.client_id),
+        ])
+        .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "session.started",
+            "session.ended",
+            "homeserver.delete_device"
+        ]
+    );
+    let started = &records[0];
+    assert_eq!(started.actor, format!("client:{}", r.client_id));
+    assert!(records.iter().all(|rec| rec.target == started.target));
+    assert!(records[1].details.contains("IdP refused refresh"));
+    assert_eq!(records[2].outcome, "ok");
+    for record in &records {
+        for token in ["access_token", "refresh_token"] {
+            assert!(!record.details.contains(tokens[token].as_str().unwrap()));
+        }
+    }
+    assert!(crate::audit::verify(env.app.store.as_ref())
+        .await
+        .unwrap()
+        .is_ok());
+}

@@ -229,6 +229,27 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         .await
         .map_err(store_error("link code"))?;
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, "session started");
+    crate::audit::record(
+        app.store.as_ref(),
+        crate::audit::AuditEntry {
+            actor: format!("client:{}", session.client_id),
+            action: "session.started".into(),
+            target: session.id.clone(),
+            source: "token".into(),
+            outcome: "ok".into(),
+            correlation_id: session.id.clone(),
+            details: serde_json::json!({
+                "provider": session.provider,
+                "subject": session.subject,
+                "localpart": session.localpart.as_str(),
+                "device_id": session.device_id.as_str(),
+                "idp_sid": session.idp_sid,
+                "scope": session.scope,
+                "admin": session.admin,
+            }),
+        },
+    )
+    .await;
     Ok(token_response(
         &SecretString::new(sealed.access_token),
         sealed.refresh_token.map(SecretString::new).as_ref(),

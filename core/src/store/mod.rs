@@ -310,4 +310,12 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
 
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
+
+    // --- reconciliation ---
+
+    /// The batch of one reconciliation round: up to `limit` active sessions, never-checked
+    /// ones first, then the longest unchecked; each is marked checked at `now`, so successive
+    /// rounds walk all sessions in turn.
+    async fn sessions_to_reconcile(&self, limit: u32, now: i64)
+        -> Result<Vec<Session>, StoreError>;
 }

@@ -574,4 +574,35 @@ impl Store for SqliteStore {
             .rows_affected();
         Ok(a + b)
     }
+
+    // --- reconciliation ---
+
+    async fn sessions_to_reconcile(
+        &self,
+        limit: u32,
+        now: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // NULL (never checked) sorts first in SQLite.
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.active = 1 \
+             ORDER BY s.last_checked_at, s.created_at, s.id LIMIT ?"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let sessions = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for session in &sessions {
+            sqlx::query("UPDATE sessions SET last_checked_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(&session.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(sessions)
+    }
 }

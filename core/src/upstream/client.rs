@@ -26,6 +26,13 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// The part of an RFC 7662 §2.2 introspection response mxidp uses. Other members are ignored
+/// (IdPs differ in their types, e.g. a float `exp`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenIntrospection {
+    pub active: bool,
+}
+
 /// RFC 6749 §5.1 token response. `expires_in` is a number, but some IdPs send a string.
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -264,6 +271,45 @@ impl Upstream {
             return Ok(());
         }
         Err(error_from_response(status, &body))
+    }
+
+    /// Asks the IdP whether a token is active (RFC 7662), authenticated with mxidp's client
+    /// credentials the same way as at the token endpoint. `active: false` is an answer, not an
+    /// error; an unreachable IdP or any other answer is an error, so that a caller never takes
+    /// an outage for a dead token. [`UpstreamError::Unsupported`] when the discovery document
+    /// names no introspection endpoint.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        hint: TokenTypeHint,
+    ) -> Result<TokenIntrospection, UpstreamError> {
+        let endpoint = self
+            .metadata
+            .introspection_endpoint
+            .clone()
+            .ok_or(UpstreamError::Unsupported("token introspection"))?;
+        let mut form = vec![
+            ("token", token.to_owned()),
+            ("token_type_hint", hint.as_str().to_owned()),
+        ];
+        let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let response = request
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .timeout(self.settings.http_timeout)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let body = read_limited(response).await?;
+        if !status.is_success() {
+            return Err(error_from_response(status, &body));
+        }
+        // RFC 7662 §2.2: `active` is REQUIRED and a boolean; anything else is not an answer.
+        let parsed: TokenIntrospection = serde_json::from_slice(&body).map_err(|e| {
+            UpstreamError::Protocol(format!("the introspection response is malformed: {e}"))
+        })?;
+        Ok(parsed)
     }
 
     async fn token_request(
@@ -688,6 +734,102 @@ mod tests {
             Err(UpstreamError::Unsupported(_))
         ));
         assert!(idp.revoked_tokens().is_empty());
+    }
+
+    #[tokio::test]
+    async fn introspect_reports_active_and_inactive_with_client_credentials() {
+        let idp = TestIdp::start().await;
+        for method in [
+            ClientAuthMethod::ClientSecretBasic,
+            ClientAuthMethod::ClientSecretPost,
+        ] {
+            let mut settings = idp.upstream_settings();
+            settings.auth_method = method;
+            let upstream = idp.upstream_with(settings).await;
+            let tokens = logged_in(&idp, &upstream).await;
+            let refresh = tokens.refresh_token.unwrap();
+            let active = upstream
+                .introspect(refresh.expose(), TokenTypeHint::RefreshToken)
+                .await
+                .unwrap();
+            assert!(active.active);
+            let request = idp.introspection_requests().pop().unwrap();
+            assert_eq!(request.token, refresh.expose());
+            assert_eq!(request.token_type_hint.as_deref(), Some("refresh_token"));
+            assert_eq!(
+                request.auth,
+                match method {
+                    ClientAuthMethod::ClientSecretBasic => ClientAuthUsed::Basic,
+                    ClientAuthMethod::ClientSecretPost => ClientAuthUsed::Post,
+                }
+            );
+
+            idp.set_introspection_inactive(refresh.expose());
+            assert!(
+                !upstream
+                    .introspect(refresh.expose(), TokenTypeHint::RefreshToken)
+                    .await
+                    .unwrap()
+                    .active
+            );
+        }
+        // A revoked token is inactive too.
+        let upstream = idp.upstream().await;
+        let tokens = logged_in(&idp, &upstream).await;
+        let refresh = tokens.refresh_token.unwrap();
+        upstream
+            .revoke(refresh.expose(), TokenTypeHint::RefreshToken)
+            .await
+            .unwrap();
+        assert!(
+            !upstream
+                .introspect(refresh.expose(), TokenTypeHint::RefreshToken)
+                .await
+                .unwrap()
+                .active
+        );
+    }
+
+    #[tokio::test]
+    async fn introspect_errors_are_never_an_inactive_answer() {
+        let idp = TestIdp::start().await;
+        let upstream = idp.upstream().await;
+        idp.fail_introspection(true);
+        assert!(matches!(
+            upstream
+                .introspect("rt-x", TokenTypeHint::RefreshToken)
+                .await,
+            Err(UpstreamError::Protocol(_))
+        ));
+        idp.fail_introspection(false);
+
+        let mut settings = idp.upstream_settings();
+        settings.client_secret = SecretString::new("wrong");
+        let upstream = idp.upstream_with(settings).await;
+        assert!(matches!(
+            upstream
+                .introspect("rt-x", TokenTypeHint::RefreshToken)
+                .await,
+            Err(UpstreamError::OAuth { .. })
+        ));
+
+        idp.patch_discovery(json!({"introspection_endpoint": "http://127.0.0.1:9/introspect"}));
+        let upstream = idp.upstream().await;
+        assert!(matches!(
+            upstream
+                .introspect("rt-x", TokenTypeHint::RefreshToken)
+                .await,
+            Err(UpstreamError::Transport(_))
+        ));
+
+        idp.patch_discovery(json!({"introspection_endpoint": null}));
+        let upstream = idp.upstream().await;
+        assert!(matches!(
+            upstream
+                .introspect("rt-x", TokenTypeHint::RefreshToken)
+                .await,
+            Err(UpstreamError::Unsupported(_))
+        ));
     }
 
     #[tokio::test]

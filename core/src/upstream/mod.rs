@@ -17,7 +17,7 @@ mod jwks;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_idp;
 
-pub use client::Upstream;
+pub use client::{TokenIntrospection, Upstream};
 pub use discovery::ProviderMetadata;
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use jwks::{JwksCache, VerificationKey};

@@ -3,7 +3,7 @@
 //!
 //! It serves discovery, JWKS, `/authorize` (redirects straight back with a code for the login
 //! configured by the test), `/token` (authorization code with PKCE, refresh with rotation),
-//! `/userinfo` and `/revoke` on `127.0.0.1:<random port>`, and it mints ID tokens with any
+//! `/userinfo`, `/revoke` and `/introspect` (RFC 7662) on `127.0.0.1:<random port>`, and it mints ID tokens with any
 //! header and claims, so tests can check that forged or broken tokens are refused.
 //!
 //! ```ignore
@@ -178,6 +178,14 @@ pub struct TokenRequest {
     pub params: HashMap<String, String>,
 }
 
+/// One request to `/introspect` that passed client authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntrospectionRequest {
+    pub auth: ClientAuthUsed,
+    pub token: String,
+    pub token_type_hint: Option<String>,
+}
+
 /// A token revoked at `/revoke`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedToken {
@@ -205,6 +213,10 @@ struct IdpState {
     refresh_tokens: HashMap<String, Map<String, Value>>,
     revoked: Vec<RevokedToken>,
     fail_refresh: bool,
+    /// Tokens `/introspect` calls inactive although they were issued and not revoked.
+    introspection_inactive: std::collections::HashSet<String>,
+    fail_introspection: bool,
+    introspection_requests: Vec<IntrospectionRequest>,
     /// Header and claims patches for the ID token of the next code exchange.
     next_id_token_patch: Option<(Value, Value)>,
     token_requests: Vec<TokenRequest>,
@@ -293,6 +305,7 @@ impl TestIdp {
             .route("/token", post(token))
             .route("/userinfo", get(userinfo).post(userinfo))
             .route("/revoke", post(revoke))
+            .route("/introspect", post(introspect))
             .with_state(shared.clone());
         let app = match path.trim_end_matches('/') {
             "" => routes,
@@ -395,7 +408,26 @@ impl TestIdp {
         self.shared.lock().discovery_patch.extend(object(patch));
     }
 
+    /// Makes `/introspect` answer `active: false` for this token from now on (the IdP ended
+    /// its session without telling anyone).
+    pub fn set_introspection_inactive(&self, token: &str) {
+        self.shared
+            .lock()
+            .introspection_inactive
+            .insert(token.to_owned());
+    }
+
+    /// Makes `/introspect` answer 503 (the IdP is in trouble; the request is still counted).
+    pub fn fail_introspection(&self, fail: bool) {
+        self.shared.lock().fail_introspection = fail;
+    }
+
     // ----- observation -----
+
+    /// Requests to `/introspect` that passed client authentication, in order.
+    pub fn introspection_requests(&self) -> Vec<IntrospectionRequest> {
+        self.shared.lock().introspection_requests.clone()
+    }
 
     /// Tokens revoked at `/revoke`, in order.
     pub fn revoked_tokens(&self) -> Vec<RevokedToken> {
@@ -662,6 +694,7 @@ async fn discovery(State(idp): State<Arc<Shared>>) -> Json<Value> {
         "jwks_uri": idp.endpoint("/jwks"),
         "userinfo_endpoint": idp.endpoint("/userinfo"),
         "revocation_endpoint": idp.endpoint("/revoke"),
+        "introspection_endpoint": idp.endpoint("/introspect"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
@@ -856,4 +889,47 @@ async fn revoke(
         token_type_hint: form.get("token_type_hint").cloned(),
     });
     StatusCode::OK.into_response()
+}
+
+/// RFC 7662: active while issued, not rotated away, not revoked and not marked inactive.
+async fn introspect(
+    State(idp): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let auth = match client_auth(&headers, &form) {
+        Ok(auth) => auth,
+        Err(why) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why),
+    };
+    let Some(token) = form.get("token") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        );
+    };
+    let mut state = idp.lock();
+    state.introspection_requests.push(IntrospectionRequest {
+        auth,
+        token: token.clone(),
+        token_type_hint: form.get("token_type_hint").cloned(),
+    });
+    if state.fail_introspection {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again later").into_response();
+    }
+    let login = state
+        .refresh_tokens
+        .get(token)
+        .or_else(|| state.access_tokens.get(token))
+        .filter(|_| !state.introspection_inactive.contains(token));
+    match login {
+        Some(login) => Json(json!({
+            "active": true,
+            "client_id": CLIENT_ID,
+            "sub": login.get("sub"),
+            "exp": now() + 300,
+        }))
+        .into_response(),
+        None => Json(json!({"active": false})).into_response(),
+    }
 }
