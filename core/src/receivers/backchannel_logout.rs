@@ -187,3 +187,269 @@ fn logout_token(body: &[u8]) -> Result<String, LogoutError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::receivers::test_env::{now, patched, tampered, Env, Options, MAX_BODY};
+    use crate::upstream::test_idp::CLIENT_ID;
+
+    /// Real Keycloak logout-token claims (City-of-Helsinki/yjdh, 2021, no `exp`; see the
+    /// `.source.txt` beside it).
+    const HELSINKI: &str = include_str!("fixtures/keycloak/logout-token-claims-helsinki.json");
+
+    fn header(typ: Option<&str>) -> Value {
+        match typ {
+            Some(typ) => json!({"alg": "RS256", "kid": "rsa-1", "typ": typ}),
+            None => json!({"alg": "RS256", "kid": "rsa-1"}),
+        }
+    }
+
+    /// Good claims as Keycloak ≥ 25 sends them, with some members replaced.
+    fn claims(env: &Env, changes: Value) -> Value {
+        let now = now();
+        patched(
+            json!({
+                "iss": env.idp.issuer(),
+                "aud": CLIENT_ID,
+                "iat": now,
+                "exp": now + 120,
+                "jti": format!("jti-{}", crate::ids::random_token(8)),
+                "sub": "alice-sub",
+                "sid": "kc-session-1",
+                "typ": "Logout",
+                "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+            }),
+            changes,
+        )
+    }
+
+    async fn post(env: &Env, token: &str) -> reqwest::Response {
+        env.http
+            .post(env.url(crate::receivers::paths::BACKCHANNEL_LOGOUT))
+            .form(&[("logout_token", token)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn assert_refused(env: &Env, response: reqwest::Response, what: &str) {
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{what}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{what}");
+        assert!(body["error_description"].is_string(), "{what}");
+        assert_eq!(env.events().await, vec![], "{what}: nothing stored");
+    }
+
+    #[tokio::test]
+    async fn a_logout_token_with_sid_ends_that_session() {
+        let env = Env::start().await;
+        let claims = claims(&env, json!({}));
+        let response = post(&env, &env.sign(header(Some("logout+jwt")), claims.clone())).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let events = env.events().await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].source, "backchannel_logout");
+        assert_eq!(events[0].dedupe_key, claims["jti"].as_str().unwrap());
+        assert_eq!(events[0].occurred_at, claims["iat"].as_i64().unwrap());
+        assert_eq!(
+            events[0].event,
+            IdpEvent::SessionEnded {
+                sid: "kc-session-1".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_logout_token_with_only_sub_ends_every_session_of_the_subject() {
+        let env = Env::start().await;
+        // ZITADEL-style: header typ JWT, aud an array.
+        let token = env.sign(
+            header(Some("JWT")),
+            claims(&env, json!({"sid": null, "aud": [CLIENT_ID, "other"]})),
+        );
+        assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
+        assert_eq!(
+            env.events().await[0].event,
+            IdpEvent::AllSessionsEnded {
+                subject: "alice-sub".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_subject_or_session_is_acknowledged_and_recorded() {
+        // No identity and no session exist in this store: the event is stored all the same,
+        // for the pipeline to record as ignored.
+        let env = Env::start().await;
+        let token = env.sign(
+            header(None),
+            claims(&env, json!({"sid": null, "sub": "nobody-we-know"})),
+        );
+        assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
+        assert_eq!(
+            env.events().await[0].event,
+            IdpEvent::AllSessionsEnded {
+                subject: "nobody-we-know".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_real_keycloak_claims_are_accepted() {
+        // fixtures/keycloak/logout-token-claims-helsinki.json, re-signed with the test key;
+        // only iss, aud and iat (the token has no exp) were replaced, every other claim and
+        // the pre-Keycloak-25 header typ `JWT` are as Keycloak sent them.
+        let env = Env::start().await;
+        let fixture: Value = serde_json::from_str(HELSINKI).unwrap();
+        let claims = patched(
+            fixture.clone(),
+            json!({"iss": env.idp.issuer(), "aud": CLIENT_ID, "iat": now()}),
+        );
+        assert!(claims.get("exp").is_none());
+        let response = post(&env, &env.sign(header(Some("JWT")), claims)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let events = env.events().await;
+        assert_eq!(events[0].dedupe_key, fixture["jti"].as_str().unwrap());
+        assert_eq!(
+            events[0].event,
+            IdpEvent::SessionEnded {
+                sid: fixture["sid"].as_str().unwrap().into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_logout_tokens_are_refused_and_change_nothing() {
+        let env = Env::start().await;
+        let now = now();
+        let good = |changes: Value| env.sign(header(Some("logout+jwt")), claims(&env, changes));
+        let cases: Vec<(&str, String)> =
+            vec![
+            ("bad signature", tampered(&good(json!({})))),
+            ("wrong iss", good(json!({"iss": "https://evil.example/realms/test"}))),
+            (
+                "iss with an extra slash",
+                good(json!({"iss": format!("{}/", env.idp.issuer())})),
+            ),
+            ("wrong aud", good(json!({"aud": "someone-else"}))),
+            ("aud array without mxidp", good(json!({"aud": ["a", "b"]}))),
+            ("expired", good(json!({"iat": now - 600, "exp": now - 300}))),
+            (
+                "no exp and issued long ago",
+                good(json!({"iat": now - 3600, "exp": null})),
+            ),
+            ("issued in the future", good(json!({"iat": now + 600}))),
+            ("no iat", good(json!({"iat": null}))),
+            ("nonce present", good(json!({"nonce": "n-0S6_WzA2Mj"}))),
+            ("events missing", good(json!({"events": null}))),
+            (
+                "events without the logout event",
+                good(json!({"events": {"http://schemas.openid.net/event/other": {}}})),
+            ),
+            (
+                "logout event not an object",
+                good(json!({"events": {BACKCHANNEL_LOGOUT_EVENT: true}})),
+            ),
+            ("neither sid nor sub", good(json!({"sid": null, "sub": null}))),
+            ("no jti", good(json!({"jti": null}))),
+            ("sid not a string", good(json!({"sid": 42}))),
+            (
+                "typ of another token",
+                env.sign(header(Some("at+jwt")), claims(&env, json!({}))),
+            ),
+            (
+                "a SET",
+                env.sign(header(Some("secevent+jwt")), claims(&env, json!({}))),
+            ),
+            (
+                "alg none",
+                env.sign(json!({"alg": "none", "typ": "logout+jwt"}), claims(&env, json!({}))),
+            ),
+            (
+                "HS256 with the public key",
+                env.sign(
+                    json!({"alg": "HS256", "kid": "rsa-1", "typ": "logout+jwt"}),
+                    claims(&env, json!({})),
+                ),
+            ),
+            (
+                "key from a jku header",
+                env.sign(
+                    json!({"alg": "RS256", "kid": "elsewhere", "jku": "http://127.0.0.1:1/jwks"}),
+                    claims(&env, json!({})),
+                ),
+            ),
+            ("not a JWT", "not-a-token".into()),
+            ("a JWE", "eyJhbGciOiJSU0EtT0FFUCJ9.a2V5.aXY.Y2lwaGVy.dGFn".into()),
+        ];
+        for (what, token) in cases {
+            assert_refused(&env, post(&env, &token).await, what).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_forms_are_refused() {
+        let env = Env::start().await;
+        let token = env.sign(header(None), claims(&env, json!({})));
+        let url = env.url(crate::receivers::paths::BACKCHANNEL_LOGOUT);
+        for (what, body) in [
+            ("empty body", String::new()),
+            ("another parameter", format!("id_token={token}")),
+            (
+                "repeated",
+                format!("logout_token={token}&logout_token={token}"),
+            ),
+            ("JSON", json!({"logout_token": token}).to_string()),
+        ] {
+            let response = env
+                .http
+                .post(url.clone())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_refused(&env, response, what).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_logout_token_is_refused() {
+        let env = Env::start().await;
+        let token = env.sign(header(Some("logout+jwt")), claims(&env, json!({})));
+        assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
+        let replay = post(&env, &token).await;
+        assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+        let body: Value = replay.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(env.events().await.len(), 1, "stored once");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_with_413() {
+        let env = Env::start().await;
+        let claims = claims(&env, json!({"padding": "x".repeat(MAX_BODY)}));
+        let response = post(&env, &env.sign(header(None), claims)).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(env.events().await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn without_a_discovered_idp_the_idp_is_asked_to_retry() {
+        let env = Env::with(Options {
+            discovered: false,
+            ..Options::default()
+        })
+        .await;
+        let token = env.sign(header(None), claims(&env, json!({})));
+        let response = post(&env, &token).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(env.events().await, vec![]);
+    }
+}

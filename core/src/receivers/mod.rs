@@ -28,6 +28,9 @@ pub mod global_token_revocation;
 pub mod ssf;
 pub mod webhook;
 
+#[cfg(test)]
+pub(crate) mod test_env;
+
 /// Paths of the receivers, relative to the public base URL.
 pub mod paths {
     pub const BACKCHANNEL_LOGOUT: &str = "upstream/backchannel-logout";
@@ -439,4 +442,165 @@ pub(crate) fn event_timestamp(value: Option<&Value>) -> Option<i64> {
     }
     // 10^11 s is the year 5138; 10^11 ms is 1973. Anything above is milliseconds.
     Some(if n >= 1e11 { n / 1000.0 } else { n } as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::test_env::Env;
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn subject_identifiers_parse_the_supported_formats_only() {
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "iss_sub", "iss": "https://i", "sub": "u1"})),
+            Ok(SubjectId::IssSub {
+                iss: "https://i".into(),
+                sub: "u1".into()
+            })
+        );
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "email", "email": "a@b.example"})),
+            Ok(SubjectId::Email("a@b.example".into()))
+        );
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "opaque", "id": "00u1"})),
+            Ok(SubjectId::Opaque("00u1".into()))
+        );
+        for bad in [
+            json!("alice"),
+            json!({"iss": "https://i", "sub": "u1"}),
+            json!({"format": "iss_sub", "sub": "u1"}),
+            json!({"format": "iss_sub", "iss": "https://i", "sub": ""}),
+            json!({"format": "email", "email": "not-an-address"}),
+            json!({"format": "opaque", "id": 42}),
+            json!({"format": "phone_number", "phone_number": "+1"}),
+        ] {
+            assert!(SubjectId::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_timestamps_in_seconds_or_milliseconds() {
+        // Okta's SET samples carry milliseconds (fixture ssf_set_caep_credential_change_*).
+        assert_eq!(
+            event_timestamp(Some(&json!(1615304991643_i64))),
+            Some(1615304991)
+        );
+        assert_eq!(event_timestamp(Some(&json!(1702448550))), Some(1702448550));
+        assert_eq!(
+            event_timestamp(Some(&json!(1702448550.9))),
+            Some(1702448550)
+        );
+        assert_eq!(event_timestamp(Some(&json!("1702448550"))), None);
+        assert_eq!(event_timestamp(Some(&json!(-1))), None);
+        assert_eq!(event_timestamp(None), None);
+    }
+
+    #[test]
+    fn issuers_match_exactly_but_for_one_trailing_slash() {
+        assert!(same_issuer(
+            "https://issuer.example.com/",
+            "https://issuer.example.com"
+        ));
+        assert!(same_issuer("https://a.example", "https://a.example"));
+        assert!(!same_issuer("https://a.example", "https://A.example"));
+        assert!(!same_issuer("https://a.example/x", "https://a.example"));
+    }
+
+    #[tokio::test]
+    async fn identities_are_found_by_email_without_case_unless_ambiguous_or_deleted() {
+        let env = Env::start().await;
+        let provider = env.app.mapping.provider_name.clone();
+        env.add_identity("sub-1", "alice", Some("Alice@Example.org"))
+            .await;
+        let found = env
+            .store
+            .identity_by_email(&provider, "alice@example.ORG")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.subject, "sub-1");
+        // Another provider's identities are not considered.
+        assert!(env
+            .store
+            .identity_by_email("other", "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+        // Two identities with one address: no guess.
+        env.add_identity("sub-2", "alice2", Some("alice@example.org"))
+            .await;
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+        env.store
+            .set_identity_email(&provider, "sub-2", None)
+            .await
+            .unwrap();
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_some());
+        env.store
+            .tombstone_identity(&provider, "sub-1", 1)
+            .await
+            .unwrap();
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn sign_in_records_the_verified_email_only() {
+        let env = Env::start().await;
+        let provider = env.app.mapping.provider_name.clone();
+        let sign_in = |claims: serde_json::Value| {
+            let app = env.app.clone();
+            async move {
+                let claims = claims.as_object().unwrap().clone();
+                crate::signin::resolve(
+                    &claims,
+                    app.provider.as_ref(),
+                    &app.mapping,
+                    app.store.as_ref(),
+                    app.homeserver.as_ref(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        sign_in(json!({"sub": "s-bob", "preferred_username": "bob",
+                       "email": "bob@example.org", "email_verified": true}))
+        .await;
+        let bob = env
+            .store
+            .identity_by_email(&provider, "bob@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bob.subject, "s-bob");
+        // An address the IdP does not vouch for replaces nothing with itself: it clears.
+        sign_in(json!({"sub": "s-bob", "preferred_username": "bob",
+                       "email": "mallory@example.org", "email_verified": false}))
+        .await;
+        for address in ["bob@example.org", "mallory@example.org"] {
+            assert!(env
+                .store
+                .identity_by_email(&provider, address)
+                .await
+                .unwrap()
+                .is_none());
+        }
+    }
 }
