@@ -215,3 +215,275 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::receivers::test_env::{now, patched, tampered, Env, MAX_BODY};
+    use crate::store::Store;
+    use crate::upstream::test_idp::CLIENT_ID;
+
+    /// The Okta org the requests come from. The `iss_sub` sample below names its users with
+    /// issuer `https://issuer.example.com/`, so the org is that host.
+    const OKTA_ORG: &str = "https://issuer.example.com";
+
+    /// Bodies Okta sends to an app's Universal Logout endpoint (fixtures/okta, Okta developer
+    /// docs "oin-universal-logout-overview"), used verbatim.
+    const BODY_EMAIL: &str =
+        include_str!("fixtures/okta/universal_logout_gtr_request_body_email.json");
+    const BODY_ISS_SUB: &str =
+        include_str!("fixtures/okta/universal_logout_gtr_request_body_iss_sub.json");
+    /// The body of Okta's OWN inbound endpoint (a user of a third-party IdP): here it names a
+    /// subject of an issuer mxidp does not know.
+    const BODY_OTHER_ISSUER: &str =
+        include_str!("fixtures/okta/okta_inbound_global_token_revocation_request_iss_sub.json");
+
+    async fn okta_env() -> Env {
+        Env::with_config(|idp| {
+            format!(
+                "[events.global_token_revocation]\nissuer = \"{OKTA_ORG}\"\njwks_uri = \"{}\"\n",
+                idp.jwks_uri()
+            )
+        })
+        .await
+    }
+
+    fn header() -> Value {
+        json!({"alg": "RS256", "kid": "rsa-1", "typ": "global-token-revocation+jwt"})
+    }
+
+    /// The claims Okta puts in the bearer JWT (research/okta.md §6.1).
+    fn claims(env: &Env) -> Value {
+        let now = now();
+        json!({
+            "jti": format!("gtr-{}", crate::ids::random_token(8)),
+            "iss": OKTA_ORG,
+            "sub": CLIENT_ID,
+            "aud": env.url(crate::receivers::paths::GLOBAL_TOKEN_REVOCATION).as_str(),
+            "exp": now + 300,
+            "nbf": now - 300,
+            "iat": now,
+        })
+    }
+
+    async fn post(env: &Env, bearer: Option<&str>, body: &str) -> reqwest::Response {
+        let mut request = env
+            .http
+            .post(env.url(crate::receivers::paths::GLOBAL_TOKEN_REVOCATION))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        request.send().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_okta_email_request_revokes_the_users_sessions() {
+        let env = okta_env().await;
+        env.add_identity("00u-user", "user", Some("user@example.com"))
+            .await;
+        let claims = claims(&env);
+        let token = env.sign(header(), claims.clone());
+        let response = post(&env, Some(&token), BODY_EMAIL).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let events = env.events().await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].source, "global_token_revocation");
+        assert_eq!(events[0].dedupe_key, claims["jti"].as_str().unwrap());
+        assert_eq!(
+            events[0].event,
+            IdpEvent::AllSessionsEnded {
+                subject: "00u-user".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_okta_iss_sub_request_revokes_the_users_sessions() {
+        let env = okta_env().await;
+        env.add_identity("145234573", "someone", None).await;
+        let token = env.sign(header(), claims(&env));
+        let response = post(&env, Some(&token), BODY_ISS_SUB).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            env.events().await[0].event,
+            IdpEvent::AllSessionsEnded {
+                subject: "145234573".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_iss_sub_of_the_upstream_idp_is_accepted_too() {
+        let env = okta_env().await;
+        env.add_identity("alice-sub", "alice", None).await;
+        let body =
+            json!({"sub_id": {"format": "iss_sub", "iss": env.idp.issuer(), "sub": "alice-sub"}});
+        let token = env.sign(header(), claims(&env));
+        let response = post(&env, Some(&token), &body.to_string()).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn unknown_subjects_get_404_and_nothing_is_stored() {
+        let env = okta_env().await;
+        env.add_identity("gone", "gone", Some("gone@example.com"))
+            .await;
+        env.store
+            .tombstone_identity(&env.app.mapping.provider_name, "gone", 1)
+            .await
+            .unwrap();
+        for (what, body) in [
+            ("unknown e-mail", BODY_EMAIL.to_owned()),
+            ("unknown iss_sub", BODY_ISS_SUB.to_owned()),
+            ("another issuer's subject", BODY_OTHER_ISSUER.to_owned()),
+            (
+                "a deleted user",
+                json!({"sub_id": {"format": "opaque", "id": "gone"}}).to_string(),
+            ),
+        ] {
+            let token = env.sign(header(), claims(&env));
+            let response = post(&env, Some(&token), &body).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{what}");
+            assert_eq!(env.events().await, vec![], "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_bearer_jwts_get_401_and_change_nothing() {
+        let env = okta_env().await;
+        env.add_identity("00u-user", "user", Some("user@example.com"))
+            .await;
+        let good = claims(&env);
+        let with = |changes: Value| env.sign(header(), patched(good.clone(), changes));
+        let now = now();
+        let cases: Vec<(&str, Option<String>)> = vec![
+            ("no Authorization header", None),
+            ("empty bearer", Some(String::new())),
+            ("bad signature", Some(tampered(&with(json!({}))))),
+            (
+                "wrong iss",
+                Some(with(json!({"iss": "https://evil.okta.com"}))),
+            ),
+            (
+                "wrong aud",
+                Some(with(json!({"aud": "https://mxidp.example/elsewhere"}))),
+            ),
+            ("expired", Some(with(json!({"exp": now - 3600})))),
+            ("no exp", Some(with(json!({"exp": null})))),
+            ("not yet valid", Some(with(json!({"nbf": now + 3600})))),
+            ("no jti", Some(with(json!({"jti": null})))),
+            (
+                "untyped",
+                Some(env.sign(json!({"alg": "RS256", "kid": "rsa-1"}), good.clone())),
+            ),
+            (
+                "an ID token",
+                Some(env.sign(
+                    json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT"}),
+                    good.clone(),
+                )),
+            ),
+            (
+                "alg none",
+                Some(env.sign(
+                    json!({"alg": "none", "typ": "global-token-revocation+jwt"}),
+                    good.clone(),
+                )),
+            ),
+            ("not a JWT", Some("opaque-token".into())),
+        ];
+        for (what, bearer) in cases {
+            let response = post(&env, bearer.as_deref(), BODY_EMAIL).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+            assert!(
+                response.headers().contains_key("www-authenticate"),
+                "{what}"
+            );
+            assert_eq!(env.events().await, vec![], "{what}");
+        }
+        // Another scheme.
+        let response = env
+            .http
+            .post(env.url(crate::receivers::paths::GLOBAL_TOKEN_REVOCATION))
+            .header("authorization", format!("Basic {}", with(json!({}))))
+            .body(BODY_EMAIL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(env.events().await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_request_is_refused_and_acts_once() {
+        let env = okta_env().await;
+        env.add_identity("00u-user", "user", Some("user@example.com"))
+            .await;
+        let token = env.sign(header(), claims(&env));
+        assert_eq!(
+            post(&env, Some(&token), BODY_EMAIL).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post(&env, Some(&token), BODY_EMAIL).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(env.events().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_get_400_and_change_nothing() {
+        let env = okta_env().await;
+        env.add_identity("00u-user", "user", Some("user@example.com"))
+            .await;
+        for (what, body) in [
+            ("not JSON", "sub_id=user@example.com"),
+            ("truncated JSON", "{\"sub_id\": {\"format\": \"email\""),
+            ("no sub_id", "{\"user\": \"user@example.com\"}"),
+            ("sub_id not an object", "{\"sub_id\": \"user@example.com\"}"),
+            (
+                "unsupported format",
+                "{\"sub_id\": {\"format\": \"phone_number\", \"phone_number\": \"+15555550100\"}}",
+            ),
+            (
+                "email without address",
+                "{\"sub_id\": {\"format\": \"email\"}}",
+            ),
+        ] {
+            let token = env.sign(header(), claims(&env));
+            let response = post(&env, Some(&token), body).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}");
+            assert_eq!(env.events().await, vec![], "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_with_413() {
+        let env = okta_env().await;
+        env.add_identity("00u-user", "user", Some("user@example.com"))
+            .await;
+        let token = env.sign(header(), claims(&env));
+        let body = patched(
+            serde_json::from_str(BODY_EMAIL).unwrap(),
+            json!({"padding": "x".repeat(MAX_BODY)}),
+        );
+        let response = post(&env, Some(&token), &body.to_string()).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(env.events().await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn without_configuration_the_endpoint_does_not_exist() {
+        let env = Env::start().await;
+        let token = env.sign(header(), claims(&env));
+        assert_eq!(
+            post(&env, Some(&token), BODY_EMAIL).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}
