@@ -75,3 +75,124 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     tracing::debug!(source, stored, "webhook delivery accepted");
     StatusCode::OK.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    use crate::events::{IdpEvent, ReceivedEvent, WebhookError, WebhookRequest};
+    use crate::provider::Provider;
+    use crate::receivers::test_env::{Env, Options};
+
+    /// An adapter whose webhook carries a shared secret header and a JSON list of lockings.
+    struct TestAdapter;
+
+    impl Provider for TestAdapter {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn parse_webhook(
+            &self,
+            request: &WebhookRequest<'_>,
+        ) -> Result<Vec<ReceivedEvent>, WebhookError> {
+            if request.headers.get("x-test-secret").map(|v| v.as_bytes()) != Some(b"s3cret") {
+                return Err(WebhookError::Unauthenticated);
+            }
+            let items: Vec<Value> = serde_json::from_slice(request.body)
+                .map_err(|e| WebhookError::Malformed(e.to_string()))?;
+            items
+                .iter()
+                .map(|item| {
+                    Ok(ReceivedEvent {
+                        dedupe_key: item["id"]
+                            .as_str()
+                            .ok_or_else(|| WebhookError::Malformed("no id".into()))?
+                            .into(),
+                        occurred_at: 1_700_000_000,
+                        event: IdpEvent::UserLocked {
+                            subject: item["user"].as_str().unwrap_or_default().into(),
+                        },
+                    })
+                })
+                .collect()
+        }
+    }
+
+    async fn post(env: &Env, secret: &str, body: &str) -> reqwest::Response {
+        env.http
+            .post(env.url(crate::receivers::paths::WEBHOOK))
+            .header("x-test-secret", secret)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn verified_deliveries_are_stored_once_per_event_id() {
+        let env = Env::with(Options {
+            provider: Arc::new(TestAdapter),
+            ..Options::default()
+        })
+        .await;
+        let body = json!([{"id": "e1", "user": "u1"}, {"id": "e2", "user": "u2"}]).to_string();
+        assert_eq!(post(&env, "s3cret", &body).await.status(), StatusCode::OK);
+        // The same delivery again (at-least-once senders): acknowledged, nothing twice.
+        assert_eq!(post(&env, "s3cret", &body).await.status(), StatusCode::OK);
+        let events = env.events().await;
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].source, "webhook:test");
+        assert_eq!(
+            events[1].event,
+            IdpEvent::UserLocked {
+                subject: "u2".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn unverified_and_malformed_deliveries_are_refused() {
+        let env = Env::with(Options {
+            provider: Arc::new(TestAdapter),
+            ..Options::default()
+        })
+        .await;
+        let body = json!([{"id": "e1", "user": "u1"}]).to_string();
+        assert_eq!(
+            post(&env, "wrong", &body).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            post(&env, "s3cret", "{not json").await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&env, "s3cret", "[{\"user\": \"u1\"}]").await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(
+                &env,
+                "s3cret",
+                &"x".repeat(crate::receivers::test_env::MAX_BODY + 1)
+            )
+            .await
+            .status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(env.events().await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_webhooks_has_no_endpoint() {
+        let env = Env::start().await;
+        assert_eq!(
+            post(&env, "s3cret", "[]").await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}
