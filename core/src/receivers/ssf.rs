@@ -41,26 +41,6 @@ fn event_for(event_type: &str, subject: String) -> Option<IdpEvent> {
     }
 }
 
-/// RFC 8935 §2.4 error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrCode {
-    InvalidRequest,
-    InvalidKey,
-    InvalidIssuer,
-    InvalidAudience,
-}
-
-impl ErrCode {
-    fn as_str(self) -> &'static str {
-        match self {
-            ErrCode::InvalidRequest => "invalid_request",
-            ErrCode::InvalidKey => "invalid_key",
-            ErrCode::InvalidIssuer => "invalid_issuer",
-            ErrCode::InvalidAudience => "invalid_audience",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum SsfError {
     #[error("Shared Signals are not configured")]
@@ -77,6 +57,7 @@ enum SsfError {
 
 impl IntoResponse for SsfError {
     fn into_response(self) -> Response {
+        // RFC 8935 §2.4 error codes.
         let code = match &self {
             SsfError::NotConfigured => return StatusCode::NOT_FOUND.into_response(),
             SsfError::Internal(_) | SsfError::Token(TokenError::KeysUnavailable(_)) => {
@@ -89,14 +70,14 @@ impl IntoResponse for SsfError {
                 };
                 return (status, self.to_string()).into_response();
             }
-            SsfError::Token(TokenError::Key(_) | TokenError::BadSignature) => ErrCode::InvalidKey,
-            SsfError::Token(TokenError::WrongIssuer(_)) => ErrCode::InvalidIssuer,
-            SsfError::Token(TokenError::WrongAudience) => ErrCode::InvalidAudience,
-            _ => ErrCode::InvalidRequest,
+            SsfError::Token(TokenError::Key(_) | TokenError::BadSignature) => "invalid_key",
+            SsfError::Token(TokenError::WrongIssuer(_)) => "invalid_issuer",
+            SsfError::Token(TokenError::WrongAudience) => "invalid_audience",
+            _ => "invalid_request",
         };
         let mut response = (
             StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "err": code.as_str(), "description": self.to_string() })),
+            axum::Json(json!({ "err": code, "description": self.to_string() })),
         )
             .into_response();
         response
