@@ -61,8 +61,8 @@ impl IntoResponse for SsfError {
         let code = match &self {
             SsfError::NotConfigured => return StatusCode::NOT_FOUND.into_response(),
             SsfError::Internal(_) | SsfError::Token(TokenError::KeysUnavailable(_)) => {
-                // Not the transmitter's fault: a 5xx makes it retry (RFC 8935 §2.3 lets the
-                // transmitter retry on anything but 202 and 400).
+                // Not the transmitter's fault, and not final: a 5xx is a failed delivery the
+                // transmitter can retry, where a 400 tells it the SET itself is bad.
                 let status = if matches!(self, SsfError::Internal(_)) {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
@@ -625,6 +625,24 @@ mod tests {
         );
         let response = post(&env, env.sign(header(), claims)).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(env.events().await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_transmitter_keys_ask_for_a_retry() {
+        let env = okta_env().await;
+        env.idp.fail_jwks(true);
+        let token = env.sign(
+            header(),
+            set(
+                "https://schemas.openid.net/secevent/caep/event-type/session-revoked",
+                okta_user("okta-user-id1"),
+            ),
+        );
+        assert_eq!(
+            post(&env, token).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(env.events().await, vec![]);
     }
 
