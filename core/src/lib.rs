@@ -10,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod provider;
+pub mod receivers;
 pub mod reconcile;
 pub mod registration;
 pub mod scope;

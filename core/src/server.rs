@@ -152,6 +152,7 @@ pub fn assemble(
         },
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
+        receivers: crate::receivers::ReceiverKeys::from_config(config)?,
     }))
 }
 

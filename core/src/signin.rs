@@ -75,13 +75,22 @@ pub async fn resolve(
         Some(identity) => identity.localpart,
         None => link_new_identity(claims, &subject, mapping, store, homeserver).await?,
     };
+    let emails = verified_emails(claims);
+    // Kept current on every sign-in: IdP events may name the user by e-mail only.
+    store
+        .set_identity_email(
+            &mapping.provider_name,
+            &subject,
+            emails.first().map(String::as_str),
+        )
+        .await?;
     Ok(MatrixLogin {
         subject,
         localpart,
         admin,
         display_name: display_name(claims, mapping.displayname_template.as_ref()),
         emails: if mapping.sync_emails {
-            verified_emails(claims)
+            emails
         } else {
             Vec::new()
         },

@@ -99,6 +99,8 @@ pub struct AppState {
     /// Where users manage their account at the IdP, when known.
     pub account_url: Option<Url>,
     pub max_body_bytes: usize,
+    /// Keys of the configured event transmitters (Shared Signals, global token revocation).
+    pub receivers: crate::receivers::ReceiverKeys,
 }
 
 pub type App = Arc<AppState>;
@@ -146,6 +148,22 @@ pub fn router(state: App) -> Router {
         .route(&format!("/{}", paths::CONSENT), post(consent::post))
         .route(&format!("/{}", paths::INTROSPECT), post(introspect::post))
         .route(&format!("/{}", paths::ACCOUNT), get(account::get))
+        .route(
+            &format!("/{}", crate::receivers::paths::BACKCHANNEL_LOGOUT),
+            post(crate::receivers::backchannel_logout::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::SSF),
+            post(crate::receivers::ssf::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::GLOBAL_TOKEN_REVOCATION),
+            post(crate::receivers::global_token_revocation::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::WEBHOOK),
+            post(crate::receivers::webhook::post),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))

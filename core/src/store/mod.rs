@@ -318,4 +318,23 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     /// rounds walk all sessions in turn.
     async fn sessions_to_reconcile(&self, limit: u32, now: i64)
         -> Result<Vec<Session>, StoreError>;
+
+    // --- receivers ---
+
+    /// Records the verified e-mail address of an identity at sign-in (`None` clears it): the
+    /// key that e-mail-format subjects of IdP events are resolved with.
+    async fn set_identity_email(
+        &self,
+        provider: &str,
+        subject: &str,
+        email: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// The live (not tombstoned) identity whose recorded e-mail is `email`, compared without
+    /// case. `None` when no identity, or more than one, has it: an ambiguous address must not
+    /// pick a user.
+    async fn identity_by_email(
+        &self,
+        provider: &str,
+        email: &str,
+    ) -> Result<Option<Identity>, StoreError>;
 }

@@ -605,4 +605,39 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(sessions)
     }
+
+    // --- receivers ---
+
+    async fn set_identity_email(
+        &self,
+        provider: &str,
+        subject: &str,
+        email: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET email = ? WHERE provider = ? AND subject = ?")
+            .bind(email.map(str::to_lowercase))
+            .bind(provider)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn identity_by_email(
+        &self,
+        provider: &str,
+        email: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM identities WHERE provider = ? AND email = ? AND deleted_at IS NULL LIMIT 2",
+        )
+        .bind(provider)
+        .bind(email.to_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
+        match rows.as_slice() {
+            [one] => identity_from_row(one).map(Some),
+            _ => Ok(None),
+        }
+    }
 }

@@ -1,0 +1,606 @@
+//! The standard IdP event receivers, usable with every provider adapter (DESIGN §7):
+//! OIDC Back-Channel Logout 1.0, Shared Signals push delivery (RFC 8935 of RFC 8417 SETs),
+//! global token revocation (draft-parecki-oauth-global-token-revocation, Okta Universal
+//! Logout), and the provider's own webhook.
+//!
+//! Each receiver verifies its sender on the exact bytes received, turns the payload into an
+//! [`IdpEvent`] at the edge, hands it to [`crate::events::EventPipeline::accept`] (durable and
+//! deduplicated when it returns), and only then answers 2xx. Refused deliveries change nothing
+//! and are audited without their token.
+//!
+//! Keys only ever come from configured places: the IdP's discovery `jwks_uri` for logout
+//! tokens, the transmitter's configured `jwks_uri` for SETs and revocation requests. `jku`,
+//! `x5u` and `jwk` headers are ignored by the shared JWS verification
+//! ([`crate::upstream::verify_jws`]).
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use crate::audit::AuditEntry;
+use crate::config::{Config, TransmitterConfig};
+use crate::http::AppState;
+use crate::upstream::{string_claim, time_claim, verify_jws, IdTokenError, JwksCache};
+
+pub mod backchannel_logout;
+pub mod global_token_revocation;
+pub mod ssf;
+pub mod webhook;
+
+#[cfg(test)]
+pub(crate) mod test_env;
+
+/// Paths of the receivers, relative to the public base URL.
+pub mod paths {
+    pub const BACKCHANNEL_LOGOUT: &str = "upstream/backchannel-logout";
+    pub const SSF: &str = "upstream/ssf";
+    pub const GLOBAL_TOKEN_REVOCATION: &str = "upstream/global-token-revocation";
+    pub const WEBHOOK: &str = "upstream/webhook";
+}
+
+/// Source names under which the receivers store their events (the dedupe scope).
+pub mod sources {
+    pub const BACKCHANNEL_LOGOUT: &str = "backchannel_logout";
+    pub const SSF: &str = "ssf";
+    pub const GLOBAL_TOKEN_REVOCATION: &str = "global_token_revocation";
+}
+
+/// A configured party that signs events for mxidp, with its key cache.
+pub struct Transmitter {
+    /// The `iss` its tokens carry, compared exactly.
+    pub issuer: String,
+    /// The `aud` expected instead of the receiver's default.
+    pub audience: Option<String>,
+    /// Keys from the configured `jwks_uri` only; fetched on first use.
+    pub jwks: JwksCache,
+}
+
+/// The receivers' own key material, built from `[events]` at start. Lives in
+/// [`AppState::receivers`].
+pub struct ReceiverKeys {
+    pub ssf: Option<Transmitter>,
+    pub global_token_revocation: Option<Transmitter>,
+    /// The signature algorithms from `[upstream] allowed_algorithms`, for when the upstream
+    /// client is not discovered yet (it carries the same list).
+    pub allowed_algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+}
+
+impl ReceiverKeys {
+    /// No transmitter configured.
+    pub fn none() -> Self {
+        Self {
+            ssf: None,
+            global_token_revocation: None,
+            allowed_algorithms: Vec::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Result<Self, crate::server::BuildError> {
+        let timeout = config.upstream_timeout();
+        let http = crate::server::http_client(timeout)?;
+        let cooldown = Duration::from_secs(config.upstream.jwks_refetch_cooldown_seconds);
+        let transmitter = |t: &TransmitterConfig| Transmitter {
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            jwks: JwksCache::new(http.clone(), t.jwks_uri.clone(), timeout, cooldown),
+        };
+        Ok(Self {
+            ssf: config.events.ssf.as_ref().map(transmitter),
+            global_token_revocation: config
+                .events
+                .global_token_revocation
+                .as_ref()
+                .map(transmitter),
+            allowed_algorithms: config
+                .upstream
+                .allowed_algorithms
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            leeway: Duration::from_secs(config.upstream.leeway_seconds),
+        })
+    }
+
+    /// The algorithm allow-list: the upstream client's when it is discovered, else the same
+    /// list from the configuration. HMAC is refused by [`verify_jws`] whatever the list says.
+    pub(crate) fn algorithms(&self, app: &AppState) -> Vec<Algorithm> {
+        match app.upstream.get() {
+            Some(upstream) => upstream.settings().allowed_algorithms.clone(),
+            None => self.allowed_algorithms.clone(),
+        }
+    }
+}
+
+/// Why a signed token was refused. Messages never contain the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    #[error("the token's key or algorithm is not acceptable: {0}")]
+    Key(String),
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the signing keys could not be fetched: {0}")]
+    KeysUnavailable(String),
+    #[error("the token's `typ` header {0:?} is not the one this receiver takes")]
+    WrongType(Option<String>),
+    #[error("the token was issued by {0:?}, not by the configured issuer")]
+    WrongIssuer(String),
+    #[error("the token's audience does not name this receiver")]
+    WrongAudience,
+    #[error("the token expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token has no `exp` and was issued too long ago")]
+    TooOld,
+    #[error("the token has no valid `{0}` claim")]
+    Claim(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<IdTokenError> for TokenError {
+    fn from(e: IdTokenError) -> Self {
+        match e {
+            IdTokenError::Malformed(m) => TokenError::Malformed(m),
+            IdTokenError::Encrypted => {
+                TokenError::Malformed("encrypted tokens (JWE) are not accepted".into())
+            }
+            IdTokenError::AlgorithmNotAllowed(alg) => {
+                TokenError::Key(format!("algorithm {alg:?} is not allowed"))
+            }
+            IdTokenError::UnsupportedCriticalHeader(names) => {
+                TokenError::Malformed(format!("unsupported critical headers {names:?}"))
+            }
+            IdTokenError::UnknownKey { kid } => {
+                TokenError::Key(format!("no configured key matches kid {kid:?}"))
+            }
+            IdTokenError::KeysUnavailable(why) => TokenError::KeysUnavailable(why),
+            IdTokenError::BadSignature => TokenError::BadSignature,
+            // The remaining variants are claim checks of ID tokens, which the receivers do not
+            // use; mapped for completeness.
+            other => TokenError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// What a receiver requires of its JWT beyond a good signature.
+pub(crate) struct JwtRules<'a> {
+    /// Accepted `typ` header values, compared without case and without an `application/`
+    /// prefix (RFC 7515 §4.1.9). `None` in the list accepts a token without `typ`.
+    pub types: &'a [Option<&'a str>],
+    /// The exact `iss`.
+    pub issuer: &'a str,
+    /// The token's `aud` (string or array) must contain one of these.
+    pub audiences: &'a [String],
+    pub require_iat: bool,
+    pub require_exp: bool,
+    /// Without `exp`, a token whose `iat` is older than this is refused.
+    pub max_age_without_exp: Option<i64>,
+    pub leeway: i64,
+    pub now: i64,
+}
+
+/// A verified JWT with the registered claims the receivers use.
+#[derive(Debug)]
+pub(crate) struct VerifiedJwt {
+    pub claims: Map<String, Value>,
+    pub jti: String,
+    pub iat: Option<i64>,
+}
+
+/// Verifies the signature with `jwks` (allow-listed algorithms only), then `typ`, `iss`,
+/// `aud`, `jti`, `iat`, `exp`, `nbf`.
+pub(crate) async fn verify_jwt(
+    token: &str,
+    jwks: &JwksCache,
+    algorithms: &[Algorithm],
+    rules: &JwtRules<'_>,
+) -> Result<VerifiedJwt, TokenError> {
+    let verified = verify_jws(token, jwks, algorithms).await?;
+    let typ = match verified.header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(TokenError::Malformed("`typ` is not a string".into())),
+    };
+    let normalised = typ.map(|t| {
+        let lower = t.to_ascii_lowercase();
+        lower
+            .strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(lower)
+    });
+    if !rules
+        .types
+        .iter()
+        .any(|accepted| accepted.map(str::to_ascii_lowercase) == normalised)
+    {
+        return Err(TokenError::WrongType(typ.map(str::to_owned)));
+    }
+    let claims = verified.claims;
+    let iss = claim_str(&claims, "iss")?.ok_or(TokenError::Claim("iss"))?;
+    if iss != rules.issuer {
+        return Err(TokenError::WrongIssuer(iss));
+    }
+    let aud: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<_>>>()
+            .ok_or(TokenError::Claim("aud"))?,
+        _ => return Err(TokenError::Claim("aud")),
+    };
+    if !aud.iter().any(|a| rules.audiences.iter().any(|e| e == a)) {
+        return Err(TokenError::WrongAudience);
+    }
+    let jti = claim_str(&claims, "jti")?
+        .filter(|j| !j.is_empty())
+        .ok_or(TokenError::Claim("jti"))?;
+    let (now, leeway) = (rules.now, rules.leeway);
+    let iat = claim_time(&claims, "iat")?;
+    if rules.require_iat && iat.is_none() {
+        return Err(TokenError::Claim("iat"));
+    }
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    match claim_time(&claims, "exp")? {
+        Some(exp) if exp.saturating_add(leeway) <= now => return Err(TokenError::Expired),
+        Some(_) => {}
+        None if rules.require_exp => return Err(TokenError::Claim("exp")),
+        None => {
+            if let (Some(max_age), Some(iat)) = (rules.max_age_without_exp, iat) {
+                if iat.saturating_add(max_age).saturating_add(leeway) < now {
+                    return Err(TokenError::TooOld);
+                }
+            }
+        }
+    }
+    if claim_time(&claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(VerifiedJwt { claims, jti, iat })
+}
+
+pub(crate) fn claim_str(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, TokenError> {
+    string_claim(claims, name).map_err(|_| TokenError::Claim(name))
+}
+
+fn claim_time(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, TokenError> {
+    time_claim(claims, name).map_err(|_| TokenError::Claim(name))
+}
+
+/// A subject identifier (RFC 9493) as the receivers support it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SubjectId {
+    IssSub { iss: String, sub: String },
+    Email(String),
+    Opaque(String),
+}
+
+impl SubjectId {
+    /// Parses an RFC 9493 subject identifier object; the error says why it is unusable.
+    pub(crate) fn parse(value: &Value) -> Result<Self, String> {
+        let Some(object) = value.as_object() else {
+            return Err("the subject identifier is not an object".into());
+        };
+        let member = |name: &str| -> Result<String, String> {
+            match object.get(name) {
+                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(format!("the subject identifier has no `{name}`")),
+            }
+        };
+        match object.get("format").and_then(Value::as_str) {
+            Some("iss_sub") => Ok(SubjectId::IssSub {
+                iss: member("iss")?,
+                sub: member("sub")?,
+            }),
+            Some("email") => {
+                let email = member("email")?;
+                if !email.contains('@') {
+                    return Err("the `email` is not an e-mail address".into());
+                }
+                Ok(SubjectId::Email(email))
+            }
+            Some("opaque") => Ok(SubjectId::Opaque(member("id")?)),
+            Some(other) => Err(format!("the subject format {other:?} is not supported")),
+            None => Err("the subject identifier has no `format`".into()),
+        }
+    }
+
+    /// For logs and the audit log: the format, and the value for formats that are ids.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            SubjectId::IssSub { iss, sub } => format!("iss_sub {iss} {sub}"),
+            SubjectId::Email(email) => format!("email {email}"),
+            SubjectId::Opaque(id) => format!("opaque {id}"),
+        }
+    }
+}
+
+/// What a subject identifier names in mxidp's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// A subject in the namespace of mxidp's identities (whether or not one exists).
+    Subject(String),
+    /// Nothing mxidp can act on (an unknown e-mail, another issuer's subject).
+    Unknown(String),
+}
+
+/// Issuers whose `iss_sub` subjects are mxidp's subjects: the upstream IdP (as discovered and
+/// as configured) and the transmitter. Okta's transmitter issuer is the org URL while ID tokens
+/// may come from a custom authorization server, so both are needed.
+pub(crate) fn subject_issuers(app: &AppState, transmitter: Option<&Transmitter>) -> Vec<String> {
+    let mut issuers = Vec::new();
+    if let Some(upstream) = app.upstream.get() {
+        issuers.push(upstream.metadata().issuer.clone());
+        issuers.push(upstream.settings().issuer.to_string());
+    }
+    if let Some(t) = transmitter {
+        issuers.push(t.issuer.clone());
+    }
+    issuers
+}
+
+/// Issuer identifiers are compared exactly except for one trailing slash, which Okta's own
+/// examples add and drop inconsistently (the GTR `iss_sub` sample ends in `/`, org URLs do not).
+fn same_issuer(a: &str, b: &str) -> bool {
+    a.strip_suffix('/').unwrap_or(a) == b.strip_suffix('/').unwrap_or(b)
+}
+
+pub(crate) async fn resolve_subject(
+    app: &AppState,
+    id: &SubjectId,
+    issuers: &[String],
+) -> Result<Resolved, crate::store::StoreError> {
+    Ok(match id {
+        SubjectId::IssSub { iss, sub } => {
+            if issuers.iter().any(|known| same_issuer(known, iss)) {
+                Resolved::Subject(sub.clone())
+            } else {
+                Resolved::Unknown(format!("subject of another issuer ({iss})"))
+            }
+        }
+        SubjectId::Opaque(id) => Resolved::Subject(id.clone()),
+        SubjectId::Email(email) => {
+            match app
+                .store
+                .identity_by_email(&app.mapping.provider_name, email)
+                .await?
+            {
+                Some(identity) => Resolved::Subject(identity.subject),
+                None => Resolved::Unknown("no single identity has this e-mail address".into()),
+            }
+        }
+    })
+}
+
+/// Records a delivery in the audit log. Never pass a token in `details`.
+pub(crate) async fn audit(
+    app: &AppState,
+    source: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    correlation_id: &str,
+    details: Value,
+) {
+    crate::audit::record(
+        app.store.as_ref(),
+        AuditEntry {
+            actor: format!("idp:{source}"),
+            action: action.into(),
+            target: target.into(),
+            source: source.into(),
+            outcome: outcome.into(),
+            correlation_id: correlation_id.into(),
+            details,
+        },
+    )
+    .await;
+}
+
+/// Audits and logs a refused delivery.
+pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlation_id: &str) {
+    tracing::warn!(source, reason, "IdP event delivery refused");
+    audit(
+        app,
+        source,
+        "event.refused",
+        "-",
+        &format!("refused: {reason}"),
+        correlation_id,
+        Value::Null,
+    )
+    .await;
+}
+
+/// The request body as a compact token: UTF-8, surrounding whitespace trimmed.
+pub(crate) fn body_token(body: &[u8]) -> Option<&str> {
+    std::str::from_utf8(body)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Seconds since the epoch of an `event_timestamp`. Okta's SET examples carry milliseconds
+/// (13 digits) where CAEP specifies seconds; both are accepted (research/okta.md §6.2).
+pub(crate) fn event_timestamp(value: Option<&Value>) -> Option<i64> {
+    let n = value?.as_f64()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    // 10^11 s is the year 5138; 10^11 ms is 1973. Anything above is milliseconds.
+    Some(if n >= 1e11 { n / 1000.0 } else { n } as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::test_env::Env;
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn subject_identifiers_parse_the_supported_formats_only() {
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "iss_sub", "iss": "https://i", "sub": "u1"})),
+            Ok(SubjectId::IssSub {
+                iss: "https://i".into(),
+                sub: "u1".into()
+            })
+        );
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "email", "email": "a@b.example"})),
+            Ok(SubjectId::Email("a@b.example".into()))
+        );
+        assert_eq!(
+            SubjectId::parse(&json!({"format": "opaque", "id": "00u1"})),
+            Ok(SubjectId::Opaque("00u1".into()))
+        );
+        for bad in [
+            json!("alice"),
+            json!({"iss": "https://i", "sub": "u1"}),
+            json!({"format": "iss_sub", "sub": "u1"}),
+            json!({"format": "iss_sub", "iss": "https://i", "sub": ""}),
+            json!({"format": "email", "email": "not-an-address"}),
+            json!({"format": "opaque", "id": 42}),
+            json!({"format": "phone_number", "phone_number": "+1"}),
+        ] {
+            assert!(SubjectId::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_timestamps_in_seconds_or_milliseconds() {
+        // Okta's SET samples carry milliseconds (fixture ssf_set_caep_credential_change_*).
+        assert_eq!(
+            event_timestamp(Some(&json!(1615304991643_i64))),
+            Some(1615304991)
+        );
+        assert_eq!(event_timestamp(Some(&json!(1702448550))), Some(1702448550));
+        assert_eq!(
+            event_timestamp(Some(&json!(1702448550.9))),
+            Some(1702448550)
+        );
+        assert_eq!(event_timestamp(Some(&json!("1702448550"))), None);
+        assert_eq!(event_timestamp(Some(&json!(-1))), None);
+        assert_eq!(event_timestamp(None), None);
+    }
+
+    #[test]
+    fn issuers_match_exactly_but_for_one_trailing_slash() {
+        assert!(same_issuer(
+            "https://issuer.example.com/",
+            "https://issuer.example.com"
+        ));
+        assert!(same_issuer("https://a.example", "https://a.example"));
+        assert!(!same_issuer("https://a.example", "https://A.example"));
+        assert!(!same_issuer("https://a.example/x", "https://a.example"));
+    }
+
+    #[tokio::test]
+    async fn identities_are_found_by_email_without_case_unless_ambiguous_or_deleted() {
+        let env = Env::start().await;
+        let provider = env.app.mapping.provider_name.clone();
+        env.add_identity("sub-1", "alice", Some("Alice@Example.org"))
+            .await;
+        let found = env
+            .store
+            .identity_by_email(&provider, "alice@example.ORG")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.subject, "sub-1");
+        // Another provider's identities are not considered.
+        assert!(env
+            .store
+            .identity_by_email("other", "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+        // Two identities with one address: no guess.
+        env.add_identity("sub-2", "alice2", Some("alice@example.org"))
+            .await;
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+        env.store
+            .set_identity_email(&provider, "sub-2", None)
+            .await
+            .unwrap();
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_some());
+        env.store
+            .tombstone_identity(&provider, "sub-1", 1)
+            .await
+            .unwrap();
+        assert!(env
+            .store
+            .identity_by_email(&provider, "alice@example.org")
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn sign_in_records_the_verified_email_only() {
+        let env = Env::start().await;
+        let provider = env.app.mapping.provider_name.clone();
+        let sign_in = |claims: serde_json::Value| {
+            let app = env.app.clone();
+            async move {
+                let claims = claims.as_object().unwrap().clone();
+                crate::signin::resolve(
+                    &claims,
+                    app.provider.as_ref(),
+                    &app.mapping,
+                    app.store.as_ref(),
+                    app.homeserver.as_ref(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        sign_in(json!({"sub": "s-bob", "preferred_username": "bob",
+                       "email": "bob@example.org", "email_verified": true}))
+        .await;
+        let bob = env
+            .store
+            .identity_by_email(&provider, "bob@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bob.subject, "s-bob");
+        // An address the IdP does not vouch for replaces nothing with itself: it clears.
+        sign_in(json!({"sub": "s-bob", "preferred_username": "bob",
+                       "email": "mallory@example.org", "email_verified": false}))
+        .await;
+        for address in ["bob@example.org", "mallory@example.org"] {
+            assert!(env
+                .store
+                .identity_by_email(&provider, address)
+                .await
+                .unwrap()
+                .is_none());
+        }
+    }
+}
