@@ -137,7 +137,7 @@ pub fn assemble(
     Ok(Arc::new(AppState {
         issuer: config.http.public_base.clone(),
         mapping: mapping_settings(config, provider.as_ref())?,
-        events: crate::events::EventPipeline::new(store.clone()),
+        events: crate::events::EventPipeline::with_settings(store.clone(), config.events.clone()),
         store,
         homeserver,
         provider,

@@ -310,4 +310,19 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
 
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
+
+    // --- event pipeline ---
+    /// Every session, active or ended, that the IdP knows by this `sid` (a back-channel logout
+    /// retried after its sessions ended must still find them to finish the device deletion).
+    async fn sessions_by_idp_sid(
+        &self,
+        provider: &str,
+        sid: &str,
+    ) -> Result<Vec<Session>, StoreError>;
+    /// The subject's active sessions.
+    async fn active_sessions_of_subject(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Vec<Session>, StoreError>;
 }
