@@ -66,6 +66,8 @@ pub enum WebhookError {
 mod actions;
 pub mod pipeline;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 pub use pipeline::{run_due, spawn_worker, Acceptance, EventPipeline};
 pub use store::{EventState, EventStore, StatusWatermark, StoredEvent};
