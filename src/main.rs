@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use mxidp_core::config::Config;
 use mxidp_core::provider::{GenericOidc, Provider};
 
+mod events_cli;
+
 #[derive(Parser)]
 #[command(
     name = "mxidp",
@@ -31,6 +33,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// The IdP event pipeline: list, retry and replay received events.
+    Events {
+        #[command(subcommand)]
+        command: events_cli::EventsCommand,
     },
 }
 
@@ -71,6 +78,16 @@ fn main() -> std::process::ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check(config),
+        Command::Events { command } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(events_cli::run(command)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mxidp: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -130,6 +147,8 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         mxidp_core::server::upstream_settings(&config)?,
     );
     mxidp_core::server::spawn_pruning(app.clone());
+    // Its first round picks up the events accepted before a crash or a stop.
+    mxidp_core::events::spawn_worker(app.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
