@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use mxidp_core::config::Config;
 use mxidp_core::provider::{GenericOidc, Provider};
 
+mod events_cli;
+
 #[derive(Parser)]
 #[command(
     name = "mxidp",
@@ -31,6 +33,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// The IdP event pipeline: list, retry and replay received events.
+    Events {
+        #[command(subcommand)]
+        command: events_cli::EventsCommand,
     },
     /// The audit log: export for a SIEM, check the hash chain.
     Audit {
@@ -98,6 +105,16 @@ fn main() -> std::process::ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check(config),
+        Command::Events { command } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(events_cli::run(command)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mxidp: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Audit { command } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(audit(command)) {

@@ -137,7 +137,7 @@ pub fn assemble(
     Ok(Arc::new(AppState {
         issuer: config.http.public_base.clone(),
         mapping: mapping_settings(config, provider.as_ref())?,
-        events: crate::events::EventPipeline::new(store.clone()),
+        events: crate::events::EventPipeline::with_settings(store.clone(), config.events.clone()),
         store,
         homeserver,
         provider,
@@ -232,11 +232,13 @@ pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::Joi
     })
 }
 
-/// Starts everything that runs beside the HTTP server: IdP discovery, pruning, reconciliation
-/// (when enabled) and, as it lands, the event worker. `serve` and the end-to-end tests both use it.
+/// Starts everything that runs beside the HTTP server: IdP discovery, pruning, the event
+/// worker and reconciliation (when enabled). `serve` and the end-to-end tests both use it.
 pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     spawn_discovery(app.clone(), upstream_settings(config)?);
     spawn_pruning(app.clone());
+    // Its first round picks up the events accepted before a crash or a stop.
+    crate::events::spawn_worker(app.clone());
     let r = &config.reconciliation;
     if crate::reconcile::spawn_reconciliation(app, r.clone()).is_some() {
         tracing::info!(

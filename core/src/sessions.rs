@@ -19,20 +19,9 @@ pub async fn end_session(
     session: &Session,
     reason: &str,
 ) -> Result<bool, crate::store::StoreError> {
-    let Some(hashes) = app
-        .store
-        .end_session(&session.id, reason, now_unix())
-        .await?
-    else {
+    if !end_session_in_store(app, session, reason, now_unix()).await? {
         return Ok(false);
-    };
-    app.cache.remove(&hashes);
-    tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
-    audit::record(
-        app.store.as_ref(),
-        session_entry(session, "session.ended", reason, "ok".into()),
-    )
-    .await;
+    }
 
     // Another active session of the same user may use the same device id (a client that
     // signed in twice with one device): keep the device then.
@@ -61,6 +50,36 @@ pub async fn end_session(
         .await;
     }
 
+    revoke_at_idp(app, session).await;
+    Ok(true)
+}
+
+/// The part of ending a session that cannot fail halfway: marks it ended in the store and evicts
+/// its tokens from the introspection cache, so introspection answers inactive from now on.
+/// Returns false when it had already ended. The event pipeline uses this and then makes the
+/// homeserver's device list match the sessions still active (idempotent, retried on failure).
+pub async fn end_session_in_store(
+    app: &AppState,
+    session: &Session,
+    reason: &str,
+    now: i64,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(hashes) = app.store.end_session(&session.id, reason, now).await? else {
+        return Ok(false);
+    };
+    app.cache.remove(&hashes);
+    tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
+    audit::record(
+        app.store.as_ref(),
+        session_entry(session, "session.ended", reason, "ok".into()),
+    )
+    .await;
+    Ok(true)
+}
+
+/// Revokes the session's refresh token at the IdP, best effort (failures are logged): the
+/// session is already over for Matrix, this only shortens the IdP's side of it.
+pub async fn revoke_at_idp(app: &AppState, session: &Session) {
     if let (Some(sealed), Some(upstream)) = (&session.sealed_refresh_token, app.upstream.get()) {
         match app.sealer.open_secret(sealed) {
             Ok(refresh) => {
@@ -76,7 +95,6 @@ pub async fn end_session(
             }
         }
     }
-    Ok(true)
 }
 
 /// An audit entry about a session: mxidp acts, on the session, for `reason` (which names the

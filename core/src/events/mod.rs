@@ -68,11 +68,14 @@ pub enum WebhookError {
     Malformed(String),
 }
 
+mod actions;
 pub mod pipeline;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
-pub use pipeline::{Acceptance, EventPipeline};
-pub use store::{EventStore, StoredEvent};
+pub use pipeline::{run_due, spawn_worker, Acceptance, EventPipeline};
+pub use store::{EventState, EventStore, StatusWatermark, StoredEvent};
 
 impl IdpEvent {
     /// A short name for logs, the audit log and the `events` table.
@@ -88,6 +91,19 @@ impl IdpEvent {
             IdpEvent::CredentialChanged { .. } => "credential_changed",
             IdpEvent::MxidpSessionEnded { .. } => "mxidp_session_ended",
         }
+    }
+
+    /// A status event sets where the user stands (locked, active, deleted): of two for the same
+    /// subject, the newer by the IdP's time wins. Session-ending events are always safe to apply.
+    pub fn is_status(&self) -> bool {
+        matches!(
+            self,
+            IdpEvent::UserLocked { .. }
+                | IdpEvent::UserUnlocked { .. }
+                | IdpEvent::UserDeactivated { .. }
+                | IdpEvent::UserReactivated { .. }
+                | IdpEvent::UserDeleted { .. }
+        )
     }
 
     /// The subject the event concerns, when it names one (a `SessionEnded` or

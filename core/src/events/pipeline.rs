@@ -1,14 +1,32 @@
 //! The durable event pipeline (DESIGN §7): verify the sender (the receiver's job) → persist with
 //! a dedupe key ([`EventPipeline::accept`]) → answer 2xx → apply through an outbox worker with
-//! retries → audit record.
+//! retries ([`run_due`], [`spawn_worker`]) → audit record.
+//!
+//! Delivery is at least once and the actions are idempotent (see [`super::actions`]): an event
+//! stays `pending` until its actions ran, so a crash after the 2xx loses nothing; a duplicate
+//! delivery is refused at the door by its dedupe key. Status events (lock, deactivation,
+//! deletion…) carry the IdP's own time, and an older one never undoes a newer one for the same
+//! subject.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use rand::Rng;
+use tokio::sync::{Mutex, Notify};
 
-use super::ReceivedEvent;
+use super::actions::{Action, Outcome};
+use super::{ReceivedEvent, StoredEvent};
+use crate::audit::{self, AuditEntry};
+use crate::config::EventsConfig;
+use crate::http::{App, AppState};
 use crate::ids::now_unix;
 use crate::store::{Store, StoreError};
+
+/// How often the worker looks for due retries when nothing woke it.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Events read per store query in a round.
+const BATCH: i64 = 200;
 
 /// What [`EventPipeline::accept`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,16 +39,30 @@ pub enum Acceptance {
 
 pub struct EventPipeline {
     store: Arc<dyn Store>,
+    settings: EventsConfig,
     /// Wakes the worker as soon as an event is stored.
     wake: Arc<Notify>,
+    /// One round at a time: the worker, and tests or start-up calling [`run_due`] directly.
+    round: Mutex<()>,
 }
 
 impl EventPipeline {
+    /// A pipeline with the default retry settings.
     pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::with_settings(store, EventsConfig::default())
+    }
+
+    pub fn with_settings(store: Arc<dyn Store>, settings: EventsConfig) -> Self {
         Self {
             store,
+            settings,
             wake: Arc::new(Notify::new()),
+            round: Mutex::new(()),
         }
+    }
+
+    pub fn settings(&self) -> &EventsConfig {
+        &self.settings
     }
 
     /// Persists a verified event. Receivers answer 2xx only after this returned `Ok`.
@@ -49,6 +81,12 @@ impl EventPipeline {
                 now_unix(),
             )
             .await?;
+        let target = audit_target(&received.event);
+        let details = serde_json::json!({
+            "kind": received.event.kind(),
+            "dedupe_key": received.dedupe_key,
+            "occurred_at": received.occurred_at,
+        });
         Ok(match stored {
             Some(id) => {
                 tracing::info!(
@@ -57,6 +95,19 @@ impl EventPipeline {
                     kind = received.event.kind(),
                     "IdP event accepted"
                 );
+                audit::record(
+                    self.store.as_ref(),
+                    AuditEntry {
+                        actor: format!("idp:{source}"),
+                        action: "event.received".into(),
+                        target,
+                        source: source.into(),
+                        outcome: "ok".into(),
+                        correlation_id: id.to_string(),
+                        details,
+                    },
+                )
+                .await;
                 self.wake.notify_one();
                 Acceptance::Stored(id)
             }
@@ -66,6 +117,19 @@ impl EventPipeline {
                     kind = received.event.kind(),
                     "duplicate IdP event ignored"
                 );
+                audit::record(
+                    self.store.as_ref(),
+                    AuditEntry {
+                        actor: format!("idp:{source}"),
+                        action: "event.received".into(),
+                        target,
+                        source: source.into(),
+                        outcome: "ignored: duplicate".into(),
+                        correlation_id: format!("{source}:{}", received.dedupe_key),
+                        details,
+                    },
+                )
+                .await;
                 Acceptance::Duplicate
             }
         })
@@ -75,6 +139,160 @@ impl EventPipeline {
     pub fn wake_handle(&self) -> Arc<Notify> {
         self.wake.clone()
     }
+
+    /// The delay before attempt `attempts + 1` after `attempts` failures: doubling from
+    /// `retry_initial_seconds`, capped at `retry_max_seconds`, plus up to half again of jitter
+    /// (within the cap) so that a backlog does not retry in lockstep when the homeserver returns.
+    pub fn retry_delay(&self, attempts: i64) -> i64 {
+        let initial = self.settings.retry_initial_seconds.max(1);
+        let max = self.settings.retry_max_seconds.max(initial);
+        let doublings = attempts.saturating_sub(1).clamp(0, 62) as u32;
+        let base = initial.saturating_mul(1u64 << doublings.min(40)).min(max);
+        let jitter = rand::thread_rng().gen_range(0..=base / 2);
+        base.saturating_add(jitter).min(max) as i64
+    }
+}
+
+/// Applies every event due at `now`, in the order of the IdP's own time; returns how many were
+/// processed (applied, ignored, failed or given up). Rounds never overlap.
+pub async fn run_due(app: &AppState, now: i64) -> Result<usize, StoreError> {
+    let _round = app.events.round.lock().await;
+    let homeserver_down = AtomicBool::new(false);
+    let mut processed = std::collections::HashSet::new();
+    loop {
+        let batch = app.store.due_events(now, BATCH).await?;
+        // Every outcome takes an event out of the due set; should a store ever fail to record
+        // one, skipping what this round did already keeps the round from looping forever.
+        let fresh: Vec<&StoredEvent> = batch
+            .iter()
+            .filter(|e| !processed.contains(&e.id))
+            .collect();
+        if fresh.is_empty() {
+            if !batch.is_empty() {
+                return Err(StoreError::Database(
+                    "processed IdP events are still due: their outcome was not recorded".into(),
+                ));
+            }
+            break;
+        }
+        for event in fresh {
+            process(app, event, now, &homeserver_down).await?;
+            processed.insert(event.id);
+        }
+    }
+    Ok(processed.len())
+}
+
+/// Applies one event and records the outcome on it and in the audit log.
+async fn process(
+    app: &AppState,
+    event: &StoredEvent,
+    now: i64,
+    homeserver_down: &AtomicBool,
+) -> Result<(), StoreError> {
+    let action = Action {
+        app,
+        event,
+        now,
+        homeserver_down,
+    };
+    let settings = app.events.settings();
+    let store = app.store.as_ref();
+    match action.apply().await {
+        Ok(Outcome::Applied) => {
+            store
+                .mark_event_applied(event.id, event.event.is_status(), now)
+                .await?;
+            tracing::info!(
+                event_id = event.id,
+                kind = event.event.kind(),
+                "IdP event applied"
+            );
+            action
+                .audit("event.applied", &target(event), "ok".into())
+                .await;
+        }
+        Ok(Outcome::Ignored(reason)) => {
+            store.mark_event_ignored(event.id, &reason, now).await?;
+            tracing::info!(event_id = event.id, kind = event.event.kind(), %reason, "IdP event ignored");
+            action
+                .audit(
+                    "event.ignored",
+                    &target(event),
+                    format!("ignored: {reason}"),
+                )
+                .await;
+        }
+        Err(error) if error.is_transient() => {
+            let deadline = event
+                .queued_at
+                .saturating_add(settings.max_age_seconds as i64);
+            let error = error.to_string();
+            if now >= deadline {
+                let reason = format!("gave up after the maximum age: {error}");
+                store.mark_event_dead(event.id, &reason, now).await?;
+                tracing::error!(event_id = event.id, kind = event.event.kind(), error = %reason, "IdP event dead");
+                action
+                    .audit("event.dead", &target(event), format!("failed: {reason}"))
+                    .await;
+            } else {
+                // The last attempt happens at the deadline rather than after it.
+                let next = now
+                    .saturating_add(app.events.retry_delay(event.attempts + 1))
+                    .min(deadline);
+                store.mark_event_failed(event.id, &error, next).await?;
+                tracing::warn!(event_id = event.id, kind = event.event.kind(), %error, retry_at = next, "IdP event failed, will retry");
+                action
+                    .audit_with(
+                        "event.failed",
+                        &target(event),
+                        format!("failed: {error}"),
+                        serde_json::json!({ "next_attempt_at": next, "attempts": event.attempts + 1 }),
+                    )
+                    .await;
+            }
+        }
+        Err(error) => {
+            let error = error.to_string();
+            store.mark_event_dead(event.id, &error, now).await?;
+            tracing::error!(event_id = event.id, kind = event.event.kind(), %error, "IdP event failed for good");
+            action
+                .audit("event.dead", &target(event), format!("failed: {error}"))
+                .await;
+        }
+    }
+    Ok(())
+}
+
+fn target(event: &StoredEvent) -> String {
+    audit_target(&event.event)
+}
+
+/// What an event concerns, for the audit log: its subject, or the IdP session.
+fn audit_target(event: &super::IdpEvent) -> String {
+    match event {
+        super::IdpEvent::SessionEnded { sid } => format!("sid:{sid}"),
+        other => other.subject().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The outbox worker: a round at start (events accepted before a crash or a restart), then one
+/// whenever a receiver stores an event, and at least every second for due retries.
+pub fn spawn_worker(app: App) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let wake = app.events.wake_handle();
+        loop {
+            match run_due(&app, now_unix()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(processed = n, "IdP event round"),
+                Err(e) => tracing::warn!(error = %e, "IdP event round failed; retrying"),
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ use crate::store::StoreError;
 /// Where an event stands in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventState {
-    /// Accepted and waiting for (another) attempt.
+    /// Accepted and waiting for its first attempt (or re-queued by `retry` / `replay`).
     Pending,
+    /// At least one attempt failed transiently; waiting for the next one (`next_attempt_at`).
+    Failed,
     /// Its actions ran.
     Applied,
     /// Nothing to do (unknown subject, superseded by a newer event): recorded, no action.
@@ -24,6 +26,7 @@ impl EventState {
     pub fn as_str(self) -> &'static str {
         match self {
             EventState::Pending => "pending",
+            EventState::Failed => "failed",
             EventState::Applied => "applied",
             EventState::Ignored => "ignored",
             EventState::Dead => "dead",
@@ -33,6 +36,7 @@ impl EventState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => EventState::Pending,
+            "failed" => EventState::Failed,
             "applied" => EventState::Applied,
             "ignored" => EventState::Ignored,
             "dead" => EventState::Dead,
@@ -57,7 +61,13 @@ pub struct StoredEvent {
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub finished_at: Option<i64>,
+    /// When it was last (re)queued: the maximum age counts from here.
+    pub queued_at: i64,
 }
+
+/// The newest status event applied for a subject: `(occurred_at, event id)`. A status event
+/// that sorts before it is superseded.
+pub type StatusWatermark = (i64, i64);
 
 #[async_trait]
 pub trait EventStore: Send + Sync {
@@ -71,4 +81,49 @@ pub trait EventStore: Send + Sync {
         event: &IdpEvent,
         now: i64,
     ) -> Result<Option<i64>, StoreError>;
+
+    async fn event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Pending and failed events whose next attempt is due at `now`, in the order of the IdP's
+    /// own time (then of arrival), at most `limit`.
+    async fn due_events(&self, now: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Events in a state (all when `None`), newest first, at most `limit`.
+    async fn list_events(
+        &self,
+        state: Option<EventState>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Marks the event applied (one more attempt). With `status`, in the same transaction, the
+    /// event becomes its subject's status watermark unless a newer one is there already.
+    async fn mark_event_applied(&self, id: i64, status: bool, now: i64) -> Result<(), StoreError>;
+
+    /// Marks the event ignored (nothing to do) with the reason.
+    async fn mark_event_ignored(&self, id: i64, reason: &str, now: i64) -> Result<(), StoreError>;
+
+    /// Records a transient failure (one more attempt) and when to try again.
+    async fn mark_event_failed(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up on the event (one more attempt) with the error.
+    async fn mark_event_dead(&self, id: i64, error: &str, now: i64) -> Result<(), StoreError>;
+
+    /// The subject's status watermark, if a status event was ever applied for it.
+    async fn status_watermark(&self, subject: &str) -> Result<Option<StatusWatermark>, StoreError>;
+
+    /// Re-queues one event that is not applied (dead, failed, ignored or pending) for an
+    /// attempt now; false when there is no such event.
+    async fn retry_event(&self, id: i64, now: i64) -> Result<bool, StoreError>;
+
+    /// Re-queues every dead event for an attempt now; returns how many.
+    async fn retry_dead_events(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Re-queues every applied event received at or after `since`; returns how many. Safe to
+    /// repeat: the actions are idempotent and status events still respect the watermark.
+    async fn replay_events_since(&self, since: i64, now: i64) -> Result<u64, StoreError>;
 }

@@ -337,4 +337,19 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         provider: &str,
         email: &str,
     ) -> Result<Option<Identity>, StoreError>;
+
+    // --- event pipeline ---
+    /// Every session, active or ended, that the IdP knows by this `sid` (a back-channel logout
+    /// retried after its sessions ended must still find them to finish the device deletion).
+    async fn sessions_by_idp_sid(
+        &self,
+        provider: &str,
+        sid: &str,
+    ) -> Result<Vec<Session>, StoreError>;
+    /// The subject's active sessions.
+    async fn active_sessions_of_subject(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Vec<Session>, StoreError>;
 }

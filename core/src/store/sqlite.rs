@@ -640,4 +640,35 @@ impl Store for SqliteStore {
             _ => Ok(None),
         }
     }
+
+    // --- event pipeline ---
+    async fn sessions_by_idp_sid(
+        &self,
+        provider: &str,
+        sid: &str,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.provider = ? AND s.idp_sid = ? ORDER BY s.created_at"
+        ))
+        .bind(provider)
+        .bind(sid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn active_sessions_of_subject(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.provider = ? AND s.subject = ? AND s.active = 1 ORDER BY s.created_at"
+        ))
+        .bind(provider)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
 }
