@@ -934,20 +934,54 @@ async fn access_policy_refuses_with_a_page_and_no_account() {
 }
 
 #[tokio::test]
-async fn admin_policy_grants_the_synapse_admin_scope() {
+async fn admin_policy_grants_the_synapse_admin_scope_only_to_clients_that_ask() {
     let env = env_with("[policy]\nadmin = { claim = \"groups\", value = \"matrix-admins\" }").await;
-    env.idp.set_next_login(
-        json!({"sub": "boss-sub", "preferred_username": "boss", "groups": ["matrix-admins"]}),
-    );
-    let tokens = env.tokens(&env.request("DEVICE000023").await).await;
-    let i = env
-        .introspect(tokens["access_token"].as_str().unwrap())
-        .await;
-    assert!(i["scope"]
+    let boss =
+        json!({"sub": "boss-sub", "preferred_username": "boss", "groups": ["matrix-admins"]});
+    let has_admin = |i: &Value| {
+        i["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "urn:synapse:admin:*")
+    };
+
+    // An ordinary client (Element X) gets no admin power, even for an admin.
+    env.idp.set_next_login(boss.clone());
+    let plain = env.tokens(&env.request("DEVICE000023").await).await;
+    assert!(!has_admin(
+        &env.introspect(plain["access_token"].as_str().unwrap())
+            .await
+    ));
+
+    // An admin tool that asks for it gets it, and the token response says so.
+    env.idp.set_next_login(boss);
+    let mut r = env.request("DEVICE000034").await;
+    r.scope = format!("{} urn:synapse:admin:*", device_scope("DEVICE000034"));
+    let admin = env.tokens(&r).await;
+    assert!(admin["scope"]
         .as_str()
         .unwrap()
-        .split(' ')
-        .any(|s| s == "urn:synapse:admin:*"));
+        .contains("urn:synapse:admin:*"));
+    assert!(has_admin(
+        &env.introspect(admin["access_token"].as_str().unwrap())
+            .await
+    ));
+
+    // A user the policy does not name gets no admin scope even when the client asks.
+    env.idp
+        .set_next_login(json!({"sub": "worker-sub", "preferred_username": "worker"}));
+    let mut r = env.request("DEVICE000035").await;
+    r.scope = format!("{} urn:synapse:admin:*", device_scope("DEVICE000035"));
+    let denied = env.tokens(&r).await;
+    assert!(!denied["scope"]
+        .as_str()
+        .unwrap()
+        .contains("urn:synapse:admin:*"));
+    assert!(!has_admin(
+        &env.introspect(denied["access_token"].as_str().unwrap())
+            .await
+    ));
 }
 
 #[tokio::test]
@@ -1192,7 +1226,9 @@ async fn adapter_overrides_are_used_by_the_core_flow() {
         "sub": "ann-sub", "preferred_username": "ann", "tenant": "acme",
         "realm": {"roles": ["matrix-admin"]}
     }));
-    let tokens = env.tokens(&env.request("DEVICE000031").await).await;
+    let mut r = env.request("DEVICE000031").await;
+    r.scope = format!("{} urn:synapse:admin:*", device_scope("DEVICE000031"));
+    let tokens = env.tokens(&r).await;
     let i = env
         .introspect(tokens["access_token"].as_str().unwrap())
         .await;
