@@ -243,8 +243,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> 
 
 async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load_checked(path.as_deref())?;
-    let provider =
-        provider(&config).map_err(|problems| mxidp_core::config::ConfigError::Invalid(problems))?;
+    let provider = provider(&config).map_err(mxidp_core::config::ConfigError::Invalid)?;
     let app = mxidp_core::server::build(&config, provider).await?;
     mxidp_core::server::spawn_background(app.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
