@@ -78,10 +78,17 @@ enum ConfigCommand {
 }
 
 /// The provider adapters this binary knows, by configuration name.
-fn provider(name: &str) -> Option<Arc<dyn Provider>> {
-    match name {
-        "generic" => Some(Arc::new(GenericOidc)),
-        _ => None,
+const PROVIDERS: &str = "generic, keycloak";
+
+/// The adapter `upstream.provider` names, built from its `[adapters.<name>]` settings.
+fn provider(config: &Config) -> Result<Arc<dyn Provider>, Vec<mxidp_core::config::Problem>> {
+    match config.upstream.provider.as_str() {
+        "generic" => Ok(Arc::new(GenericOidc)),
+        mxidp_keycloak::NAME => Ok(Arc::new(mxidp_keycloak::Keycloak::from_config(config)?)),
+        other => Err(vec![mxidp_core::config::Problem {
+            key: "upstream.provider".into(),
+            message: format!("unknown provider {other:?} (known: {PROVIDERS})"),
+        }]),
     }
 }
 
@@ -149,14 +156,8 @@ fn check(path: Option<PathBuf>) -> std::process::ExitCode {
         }
     };
     let mut problems = config.check();
-    if provider(&config.upstream.provider).is_none() {
-        problems.push(mxidp_core::config::Problem {
-            key: "upstream.provider".into(),
-            message: format!(
-                "unknown provider {:?} (known: generic)",
-                config.upstream.provider
-            ),
-        });
+    if let Err(adapter) = provider(&config) {
+        problems.extend(adapter);
     }
     if problems.is_empty() {
         println!("configuration OK");
@@ -242,12 +243,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> 
 
 async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load_checked(path.as_deref())?;
-    let provider = provider(&config.upstream.provider).with_context(|| {
-        format!(
-            "upstream.provider: unknown provider {:?}",
-            config.upstream.provider
-        )
-    })?;
+    let provider = provider(&config).map_err(mxidp_core::config::ConfigError::Invalid)?;
     let app = mxidp_core::server::build(&config, provider).await?;
     mxidp_core::server::spawn_background(app.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)

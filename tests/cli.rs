@@ -30,6 +30,55 @@ fn config_check_accepts_the_example_config() {
 }
 
 #[test]
+fn config_check_builds_the_keycloak_adapter_and_names_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keycloak.toml");
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "phase-two-webhook-secret-0123456789\n").unwrap();
+    let config = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("provider = \"generic\"", "provider = \"keycloak\"");
+    std::fs::write(
+        &path,
+        format!(
+            "{config}\n[adapters.keycloak]\nwebhook_secret_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = mxidp()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration OK"
+    );
+    // Half of a credential pair, and an admin API on an issuer that is not a Keycloak realm.
+    let out = mxidp()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env("MXIDP__ADAPTERS__KEYCLOAK__WEBHOOK_USERNAME", "keycloak")
+        .env("MXIDP__ADAPTERS__KEYCLOAK__ADMIN_CLIENT_ID", "mxidp-admin")
+        .env(
+            "MXIDP__ADAPTERS__KEYCLOAK__ADMIN_CLIENT_SECRET",
+            "admin-secret-value",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for key in ["adapters.keycloak.webhook_username", "upstream.issuer"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&format!("{key}: "))),
+            "{key} missing in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("admin-secret-value"));
+}
+
+#[test]
 fn config_check_lists_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -32,6 +32,10 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub reconciliation: ReconciliationConfig,
+    /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
+    /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
+    #[serde(default)]
+    pub adapters: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

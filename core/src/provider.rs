@@ -96,6 +96,17 @@ pub trait Provider: Send + Sync {
         Err(WebhookError::Unsupported)
     }
 
+    /// The webhook receiver's entry point: [`Provider::parse_webhook`], then whatever the adapter
+    /// must ask its IdP before the events are stored (Keycloak re-reads a user whose admin event
+    /// carried a partial representation). An adapter overriding this still verifies the sender
+    /// on the raw bytes first and asks nothing of its IdP for an unverified delivery.
+    async fn receive_webhook(
+        &self,
+        request: &WebhookRequest<'_>,
+    ) -> Result<Vec<ReceivedEvent>, WebhookError> {
+        self.parse_webhook(request)
+    }
+
     /// Where the IdP lets the user manage their account for an action, when it has such a page.
     fn account_url(&self, _metadata: &ProviderMetadata, _action: AccountAction) -> Option<Url> {
         None

@@ -1,5 +1,5 @@
 //! The provider's own webhook: `POST /upstream/webhook`. The adapter verifies the sender on the
-//! raw bytes and parses the payload ([`crate::provider::Provider::parse_webhook`]); every event
+//! raw bytes and parses the payload ([`crate::provider::Provider::receive_webhook`]); every event
 //! is stored under the source `webhook:<provider>` before the 200.
 //!
 //! Answers: 200 once every event is durable (duplicates included: webhooks are delivered at
@@ -18,10 +18,14 @@ use crate::http::App;
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let source = format!("webhook:{}", app.provider.name());
-    let events = match app.provider.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        body: &body,
-    }) {
+    let events = match app
+        .provider
+        .receive_webhook(&WebhookRequest {
+            headers: &headers,
+            body: &body,
+        })
+        .await
+    {
         Ok(events) => events,
         Err(error) => {
             let status = match &error {
