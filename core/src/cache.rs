@@ -115,6 +115,27 @@ impl IntrospectionCache {
         entries.insert(hash, token);
     }
 
+    /// Inserts an active token, then re-reads its session: if the session ended meanwhile, the
+    /// entry goes again. Ending a session writes the store and then evicts, so between this
+    /// check and that eviction no ended session can stay cached.
+    pub async fn insert_checked(
+        &self,
+        store: &dyn crate::store::Store,
+        hash: TokenHash,
+        token: ActiveToken,
+    ) -> Result<(), crate::store::StoreError> {
+        let session_id = token.session_id.clone();
+        self.insert(hash, token);
+        let still_active = store
+            .session(&session_id)
+            .await?
+            .is_some_and(|s| s.state == crate::store::SessionState::Active);
+        if !still_active {
+            self.remove(&[hash]);
+        }
+        Ok(())
+    }
+
     pub fn remove(&self, hashes: &[TokenHash]) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         for h in hashes {

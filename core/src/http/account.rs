@@ -138,29 +138,42 @@ pub async fn finish_cross_signing_reset(
             )
             .await;
     }
-    // max_age=0 asks for a new sign-in; an IdP that ignores it shows an old auth_time.
+    // max_age=0 asks for a new sign-in, and OIDC Core §3.1.2.1 makes `auth_time` required
+    // whenever max_age was sent: no auth_time, or an old one, is no proof of a fresh sign-in.
     let leeway = 60;
-    if validated
+    let fresh = validated
         .auth_time
-        .is_some_and(|t| t + leeway < pending.created_at)
-    {
+        .is_some_and(|t| t + leeway >= pending.created_at);
+    if !fresh {
         return pages::error_page(
             StatusCode::FORBIDDEN,
             "Sign-in not confirmed",
-            "The identity provider did not ask you to sign in again. Try again, or ask your administrator.",
+            "The identity provider did not confirm a new sign-in. Try again, or ask your administrator.",
         );
     }
-    let identity = match app
-        .store
-        .identity_by_subject(&app.mapping.provider_name, &validated.sub)
-        .await
-    {
+    // The same checks as a sign-in: the adapter's claims rules, its subject, the access policy.
+    let claims = &validated.claims;
+    let allowed = app.provider.validate_claims(claims).is_ok()
+        && app
+            .mapping
+            .access
+            .as_ref()
+            .is_none_or(|p| p.allows(claims, &app.provider.roles(claims)));
+    let identity = match app.provider.subject(claims) {
+        Some(subject) if allowed => {
+            app.store
+                .identity_by_subject(&app.mapping.provider_name, &subject)
+                .await
+        }
+        _ => Ok(None),
+    };
+    let identity = match identity {
         Ok(Some(identity)) if identity.deleted_at.is_none() => identity,
         Ok(_) => {
             return pages::error_page(
                 StatusCode::FORBIDDEN,
                 "No Matrix account",
-                "This identity has no Matrix account on this server.",
+                "This identity has no Matrix account on this server, or may not use it.",
             )
         }
         Err(e) => {

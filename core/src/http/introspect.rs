@@ -81,7 +81,9 @@ pub async fn introspect_token(
                 return Ok(None);
             }
             let active = ActiveToken::new(&record, &session);
-            app.cache.insert(hash, active.clone());
+            app.cache
+                .insert_checked(app.store.as_ref(), hash, active.clone())
+                .await?;
             active
         }
     };

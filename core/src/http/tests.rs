@@ -1465,3 +1465,98 @@ async fn sign_in_and_sign_out_are_audited_without_tokens() {
         .unwrap()
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_session_ended_during_a_refresh_gets_no_new_tokens_and_stays_uncached() {
+    let env = env().await;
+    let tokens = env.tokens(&env.request("DEVICE000036").await).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (record, session) = env
+        .app
+        .store
+        .token(TokenHash::of(access))
+        .await
+        .unwrap()
+        .unwrap();
+    // A logout lands while the IdP is answering the refresh.
+    env.app
+        .store
+        .end_session(&session.id, "logout", crate::ids::now_unix())
+        .await
+        .unwrap();
+    let fresh = crate::store::TokenRecord {
+        hash: TokenHash::of("fresh-access"),
+        issued_at: crate::ids::now_unix(),
+        ..record.clone()
+    };
+    let rotated = env
+        .app
+        .store
+        .rotate_tokens(
+            &session.id,
+            None,
+            std::slice::from_ref(&fresh),
+            None,
+            crate::ids::now_unix(),
+        )
+        .await;
+    assert!(matches!(rotated, Err(crate::store::StoreError::Conflict)));
+    // A cache insert that races the end of the session does not survive it.
+    env.app
+        .cache
+        .insert_checked(
+            env.app.store.as_ref(),
+            fresh.hash,
+            crate::cache::ActiveToken::new(&fresh, &session),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        env.app.cache.lookup(&fresh.hash),
+        crate::cache::Lookup::NotActive
+    );
+}
+
+#[tokio::test]
+async fn cross_signing_reset_needs_proof_of_a_fresh_sign_in() {
+    for (name, patch) in [
+        ("no auth_time", json!({"auth_time": null})),
+        (
+            "an old auth_time",
+            json!({"auth_time": crate::ids::now_unix() - 3600}),
+        ),
+    ] {
+        let env = env().await;
+        env.tokens(&env.request("DEVICE000037").await).await;
+        let start = env
+            .http
+            .get(env.url("account?action=org.matrix.cross_signing_reset"))
+            .send()
+            .await
+            .unwrap();
+        let cookie = start.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        env.idp.forge_next_id_token(json!({}), patch);
+        let back = env.http.get(location(&start)).send().await.unwrap();
+        let done = env
+            .http
+            .get(location(&back))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), StatusCode::FORBIDDEN, "{name}");
+        assert!(
+            !env.hs
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("allow_cross_signing_reset")),
+            "{name}"
+        );
+    }
+}

@@ -225,7 +225,13 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     }
     // The cache holds every active access token (see crate::cache).
     app.cache
-        .insert(tokens[0].hash, ActiveToken::new(&tokens[0], &session));
+        .insert_checked(
+            app.store.as_ref(),
+            tokens[0].hash,
+            ActiveToken::new(&tokens[0], &session),
+        )
+        .await
+        .map_err(store_error("cache token"))?;
     app.store
         .link_code_session(code_hash, &session.id)
         .await
@@ -358,14 +364,32 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
         )
         .await
         .map_err(|e| match e {
-            StoreError::Conflict => {
-                RouteError::InvalidGrant("the refresh token has been used already".into())
-            }
+            StoreError::Conflict => RouteError::InvalidGrant(
+                "the refresh token has been used already, or the session ended".into(),
+            ),
             e => RouteError::Internal(internal("rotate tokens", &e)),
-        })?;
+        });
+    let evicted = match evicted {
+        Ok(evicted) => evicted,
+        Err(e) => {
+            // The IdP issued tokens nobody will get: hand them back.
+            if let Some(r) = &fresh.refresh_token {
+                let _ = upstream
+                    .revoke(r.expose(), crate::upstream::TokenTypeHint::RefreshToken)
+                    .await;
+            }
+            return Err(e);
+        }
+    };
     app.cache.remove(&evicted);
     app.cache
-        .insert(tokens[0].hash, ActiveToken::new(&tokens[0], &session));
+        .insert_checked(
+            app.store.as_ref(),
+            tokens[0].hash,
+            ActiveToken::new(&tokens[0], &session),
+        )
+        .await
+        .map_err(store_error("cache token"))?;
     let scope = MatrixScope::parse(&session.scope)
         .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
     let refresh_out = new_refresh.unwrap_or_else(|| SecretString::new(presented));

@@ -283,7 +283,7 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     /// Refresh: marks the session's access tokens and `old_refresh` (when the IdP rotated it)
     /// rotated, adds the new tokens and replaces the sealed refresh token. Returns the hashes of
     /// the rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when
-    /// `old_refresh` was already rotated (a race or a replay).
+    /// `old_refresh` was already rotated (a race or a replay) or the session has ended.
     async fn rotate_tokens(
         &self,
         session_id: &str,

@@ -457,6 +457,15 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Vec<TokenHash>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A session that ended while the IdP was refreshing (a logout, an event) gets no new
+        // tokens: checked inside the transaction that would add them.
+        let active: Option<i64> = sqlx::query_scalar("SELECT active FROM sessions WHERE id = ?")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if active != Some(1) {
+            return Err(StoreError::Conflict);
+        }
         if let Some(old_refresh) = old_refresh {
             let rotated = sqlx::query(
                 "UPDATE tokens SET rotated_at = ? WHERE hash = ? AND session_id = ? AND kind = 'refresh' AND rotated_at IS NULL",

@@ -588,6 +588,8 @@ impl Shared {
         claims.insert("aud".into(), json!(CLIENT_ID));
         claims.insert("iat".into(), json!(now()));
         claims.insert("exp".into(), json!(now() + 300));
+        // Every login at this IdP is a fresh sign-in (OIDC Core: auth_time, needed for max_age).
+        claims.entry("auth_time").or_insert(json!(now()));
         if let Some(nonce) = nonce {
             claims.insert("nonce".into(), json!(nonce));
         }
