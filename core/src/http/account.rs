@@ -79,7 +79,7 @@ async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Respo
         );
     };
     let now = now_unix();
-    let binding = BrowserBinding::of(headers);
+    let binding = BrowserBinding::of(headers, app.secure_cookies());
     let verifier = random_token(32);
     // Only the upstream half of a pending authorization is used for a re-authentication.
     let pending = PendingAuthorization {

@@ -5,7 +5,7 @@
 //! Until the client and redirect URI are known to be genuine, errors are shown as a page and
 //! never redirected (RFC 6749 §4.1.2.1): redirecting to an unchecked URI is an open redirect.
 
-use self::axum_extra_cookie::{binding_cookie, read_cookie, BINDING_COOKIE};
+use self::axum_extra_cookie::{binding_cookie, read_binding};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -217,7 +217,7 @@ pub async fn get(
     }
 
     let now = now_unix();
-    let binding = BrowserBinding::of(&headers);
+    let binding = BrowserBinding::of(&headers, app.secure_cookies());
     let verifier = random_token(32);
     let pending = PendingAuthorization {
         id: random_token(16),
@@ -265,13 +265,13 @@ pub struct BrowserBinding {
 }
 
 impl BrowserBinding {
-    pub fn of(headers: &axum::http::HeaderMap) -> Self {
-        match read_cookie(headers, BINDING_COOKIE) {
-            Some(existing) if existing.len() >= 32 => Self {
+    pub fn of(headers: &axum::http::HeaderMap, secure: bool) -> Self {
+        match read_binding(headers, secure) {
+            Some(existing) => Self {
                 value: existing,
                 is_new: false,
             },
-            _ => Self {
+            None => Self {
                 value: random_token(32),
                 is_new: true,
             },
@@ -325,7 +325,15 @@ pub fn pkce_s256(verifier: &str) -> String {
 pub mod axum_extra_cookie {
     use axum::http::{header, HeaderMap};
 
-    pub const BINDING_COOKIE: &str = "mxidp_binding";
+    /// Over https the `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
+    /// host-only and `Path=/`: a sibling subdomain cannot plant one (login fixation).
+    pub fn binding_cookie_name(secure: bool) -> &'static str {
+        if secure {
+            "__Host-mxidp_binding"
+        } else {
+            "mxidp_binding"
+        }
+    }
 
     pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         headers
@@ -338,11 +346,52 @@ pub mod axum_extra_cookie {
             .map(|(_, v)| v.to_owned())
     }
 
+    /// The binding cookie, when it has the shape mxidp gives it (32 random bytes, base64url).
+    pub fn read_binding(headers: &HeaderMap, secure: bool) -> Option<String> {
+        read_cookie(headers, binding_cookie_name(secure)).filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    }
+
     pub fn binding_cookie(value: &str, secure: bool) -> String {
         // SameSite=Lax: the IdP's redirect back to the callback is a top-level GET and keeps it.
         format!(
-            "{BINDING_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{}",
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{}",
+            binding_cookie_name(secure),
             if secure { "; Secure" } else { "" }
         )
+    }
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::axum_extra_cookie::*;
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_binding_cookie_is_host_only_on_https_and_only_mxidps_own_values_count() {
+        let value = crate::ids::random_token(32);
+        let secure = binding_cookie(&value, true);
+        assert!(secure.starts_with("__Host-mxidp_binding="));
+        assert!(
+            secure.contains("; Secure") && secure.contains("Path=/") && !secure.contains("Domain")
+        );
+        assert!(!binding_cookie(&value, false).contains("Secure"));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("mxidp_binding={value}")).unwrap(),
+        );
+        assert_eq!(read_binding(&headers, false), Some(value.clone()));
+        // Over https only the prefixed name is read: an unprefixed one may come from a subdomain.
+        assert_eq!(read_binding(&headers, true), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("mxidp_binding=planted-by-someone-else-but-long-enough-0000"),
+        );
+        assert_eq!(read_binding(&headers, false), None);
     }
 }

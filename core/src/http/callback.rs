@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::authorize::axum_extra_cookie::{read_cookie, BINDING_COOKIE};
+use super::authorize::axum_extra_cookie::read_binding;
 use super::authorize::ClientRedirect;
 use super::{consent, internal, App, AppState};
 use crate::ids::{now_unix, TokenHash};
@@ -16,7 +16,8 @@ use crate::signin;
 use crate::store::{AuthorizationStage, PendingAuthorization, Purpose, UpstreamLogin};
 use crate::upstream::{IdTokenClaims, UpstreamTokens};
 
-#[derive(Debug, Deserialize)]
+// No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
+#[derive(Deserialize)]
 pub struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,
@@ -38,8 +39,8 @@ pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, Route
 }
 
 /// Whether the request comes from the browser that started this sign-in.
-pub fn same_browser(headers: &HeaderMap, pending: &PendingAuthorization) -> bool {
-    read_cookie(headers, BINDING_COOKIE).is_some_and(|cookie| {
+pub fn same_browser(app: &AppState, headers: &HeaderMap, pending: &PendingAuthorization) -> bool {
+    read_binding(headers, app.secure_cookies()).is_some_and(|cookie| {
         constant_time_eq(
             TokenHash::of(&cookie).to_hex().as_bytes(),
             pending.browser_binding.as_bytes(),
@@ -73,7 +74,7 @@ pub async fn get(
                 "This sign-in is unknown or has expired. Start again from the application.",
             )
         })?;
-    if !same_browser(&headers, &pending) {
+    if !same_browser(&app, &headers, &pending) {
         tracing::warn!(pending = %pending.id, "callback from a browser that did not start the sign-in");
         return Err(page(
             "Sign-in from another browser",

@@ -65,7 +65,8 @@ pub async fn continue_after_login(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+// No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
+#[derive(Deserialize)]
 pub struct ConsentForm {
     pending: String,
     csrf: String,
@@ -93,7 +94,7 @@ pub async fn post(
         .ok_or_else(|| {
             refuse("This sign-in is unknown or has expired. Start again from the application.")
         })?;
-    if !same_browser(&headers, &pending)
+    if !same_browser(&app, &headers, &pending)
         || !constant_time_eq(form.csrf.as_bytes(), pending.csrf.as_bytes())
     {
         tracing::warn!(pending = %pending.id, "consent form without the sign-in's cookie or CSRF token");

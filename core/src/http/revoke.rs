@@ -13,7 +13,8 @@ use crate::sessions::end_session;
 use crate::store::TokenKind;
 use crate::upstream::TokenTypeHint;
 
-#[derive(Debug, Deserialize)]
+// No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
+#[derive(Deserialize)]
 pub struct RevokeForm {
     token: Option<String>,
     #[allow(dead_code)]

@@ -20,7 +20,8 @@ use crate::sessions::end_session;
 use crate::store::{CodeRedemption, Session, SessionState, StoreError, TokenKind, TokenRecord};
 use crate::upstream::UpstreamError;
 
-#[derive(Debug, Deserialize)]
+// No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
+#[derive(Deserialize)]
 pub struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
@@ -168,7 +169,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
 
     let expires_in = login
         .access_expires_in
-        .map(|s| s as i64)
+        .map(lifetime_seconds)
         .unwrap_or(app.lifetimes.default_access_token);
     let session = Session {
         id: random_token(16),
@@ -325,7 +326,7 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
     };
     let expires_in = fresh
         .expires_in
-        .map(|s| s as i64)
+        .map(lifetime_seconds)
         .unwrap_or(app.lifetimes.default_access_token);
     // An IdP that does not rotate refresh tokens returns none: the client keeps its own.
     let new_refresh = fresh
@@ -446,4 +447,21 @@ fn token_response(
     let mut response = (StatusCode::OK, Json(body)).into_response();
     super::no_store(&mut response);
     response
+}
+
+/// The IdP's `expires_in`, bounded: a value past `i64` or absurdly long must neither wrap nor
+/// overflow `now + expires_in`. Thirty days is far beyond any access-token lifetime in use.
+fn lifetime_seconds(expires_in: u64) -> i64 {
+    const MAX: i64 = 30 * 86_400;
+    i64::try_from(expires_in).unwrap_or(MAX).min(MAX)
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    #[test]
+    fn huge_lifetimes_are_bounded() {
+        assert_eq!(super::lifetime_seconds(300), 300);
+        assert_eq!(super::lifetime_seconds(u64::MAX), 30 * 86_400);
+        assert_eq!(super::lifetime_seconds(i64::MAX as u64), 30 * 86_400);
+    }
 }

@@ -22,6 +22,9 @@ use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::http::App;
 use crate::ids::now_unix;
 
+/// Longest remaining lifetime accepted on a request's JWT.
+const MAX_LIFETIME_SECONDS: i64 = 600;
+
 #[derive(Debug, thiserror::Error)]
 enum RevocationError {
     #[error("global token revocation is not configured")]
@@ -133,6 +136,19 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
     };
     let algorithms = app.receivers.algorithms(app);
     let jwt = verify_jwt(token, &transmitter.jwks, &algorithms, &rules).await?;
+    // The JWT does not cover the body, and its `jti` is only spent when an event is stored:
+    // a short lifetime bounds how long a captured token could be replayed with another
+    // `sub_id` (a 404 or 400 answer leaves it unspent).
+    let exp = jwt
+        .claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .unwrap_or(i64::MAX);
+    if exp.saturating_sub(rules.now) > MAX_LIFETIME_SECONDS {
+        return Err(RevocationError::Unauthenticated(format!(
+            "the JWT lives longer than {MAX_LIFETIME_SECONDS} s"
+        )));
+    }
 
     let request: Value = serde_json::from_slice(body)
         .map_err(|_| RevocationError::Malformed("the body is not JSON".into()))?;
@@ -375,6 +391,10 @@ mod tests {
             ),
             ("expired", Some(with(json!({"exp": now - 3600})))),
             ("no exp", Some(with(json!({"exp": null})))),
+            (
+                "a lifetime of a day",
+                Some(with(json!({"exp": now + 86_400}))),
+            ),
             ("not yet valid", Some(with(json!({"nbf": now + 3600})))),
             ("no jti", Some(with(json!({"jti": null})))),
             (

@@ -410,8 +410,57 @@ pub(crate) async fn audit(
     .await;
 }
 
-/// Audits and logs a refused delivery.
+/// Refusals recorded one by one per minute; the rest are counted and summarised. The
+/// receivers need no credentials to reach, so without a bound a flood of garbage would fill the
+/// append-only audit log and the logs.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 20;
+
+/// Counts refusals per minute: (minute, refusals seen in it).
+struct RefusalBudget(std::sync::Mutex<(i64, u32)>);
+
+static REFUSALS: RefusalBudget = RefusalBudget(std::sync::Mutex::new((0, 0)));
+
+impl RefusalBudget {
+    /// Whether this refusal is recorded individually; the first refusal of a new minute
+    /// returns how many went unrecorded in the previous one, for the summary.
+    fn take(&self, now: i64) -> (bool, Option<u32>) {
+        let minute = now / 60;
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut skipped_before = None;
+        if state.0 != minute {
+            if state.1 > REFUSALS_RECORDED_PER_MINUTE {
+                skipped_before = Some(state.1 - REFUSALS_RECORDED_PER_MINUTE);
+            }
+            *state = (minute, 0);
+        }
+        state.1 += 1;
+        (state.1 <= REFUSALS_RECORDED_PER_MINUTE, skipped_before)
+    }
+}
+
+/// Audits and logs a refused delivery (bounded: see [`REFUSALS_RECORDED_PER_MINUTE`]).
 pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlation_id: &str) {
+    let (record, skipped) = REFUSALS.take(crate::ids::now_unix());
+    if let Some(skipped) = skipped {
+        tracing::warn!(
+            skipped,
+            "IdP event deliveries refused without a record in the last minute (rate bound)"
+        );
+        audit(
+            app,
+            source,
+            "event.refused.summary",
+            "-",
+            &format!("refused: {skipped} more deliveries, not recorded one by one"),
+            "-",
+            Value::Null,
+        )
+        .await;
+    }
+    if !record {
+        tracing::debug!(source, reason, "IdP event delivery refused");
+        return;
+    }
     tracing::warn!(source, reason, "IdP event delivery refused");
     audit(
         app,
@@ -423,6 +472,20 @@ pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlat
         Value::Null,
     )
     .await;
+}
+
+#[cfg(test)]
+mod refusal_bound_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_past_the_bound_are_counted_not_recorded() {
+        let budget = RefusalBudget(std::sync::Mutex::new((0, 0)));
+        let minute = 1_000 * 60;
+        let recorded = (0..50).filter(|_| budget.take(minute).0).count();
+        assert_eq!(recorded, REFUSALS_RECORDED_PER_MINUTE as usize);
+        assert_eq!(budget.take(minute + 60), (true, Some(30)));
+    }
 }
 
 /// The request body as a compact token: UTF-8, surrounding whitespace trimmed.

@@ -74,7 +74,7 @@ pub enum Purpose {
 
 /// A sign-in in progress. Everything the callback and the consent page need, bound to the
 /// browser by the hash of a cookie.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
     pub id: String,
     #[serde(default)]
@@ -100,6 +100,20 @@ pub struct PendingAuthorization {
     pub login: Option<UpstreamLogin>,
     pub created_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for PendingAuthorization {
+    // The PKCE verifier, the CSRF token and the sealed tokens stay out of any log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("id", &self.id)
+            .field("purpose", &self.purpose)
+            .field("client_id", &self.client_id)
+            .field("device_id", &self.device_id)
+            .field("stage", &self.stage)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the IdP's callback established, kept until the client redeems its code.
