@@ -11,14 +11,16 @@
 //!
 //! `cargo bench --bench introspection`; see BENCHMARKS.md.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode};
+use common::{env_or, Latencies};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use mxidp_core::config::Config;
 use mxidp_core::homeserver::MemoryHomeserver;
 use mxidp_core::http::App;
@@ -52,15 +54,6 @@ client_id = "mxidp"
 client_secret = "s3cret"
 "#
     )
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 /// Which tokens a scenario presents.
@@ -122,12 +115,7 @@ async fn client(
     measure_from: Instant,
     end: Instant,
 ) -> Vec<Duration> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = common::connect(addr).await;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let authorization = format!("Bearer {SECRET}");
     let mut latencies = Vec::with_capacity(1 << 14);
@@ -199,15 +187,14 @@ async fn run(scenario: &Scenario, concurrency: usize, seconds: Duration) -> Outc
     }
     // Requests in flight at `end` finish a little after it; count the real window.
     let window = (Instant::now() - measure_from).as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let latencies = Latencies::of(all);
     Outcome {
         name: scenario.name,
-        requests: all.len(),
+        requests: latencies.count,
         seconds: window,
-        p50: pct(0.50),
-        p99: pct(0.99),
-        max: *all.last().expect("at least one request"),
+        p50: latencies.p50,
+        p99: latencies.p99,
+        max: latencies.max,
     }
 }
 
@@ -287,9 +274,8 @@ fn print_table(outcomes: &[Outcome]) {
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs benches as a smoke test.
-    let smoke =
-        std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
+    // `cargo test --benches` runs benches as a smoke test.
+    let smoke = common::smoke();
     let sessions: usize = env_or("BENCH_SESSIONS", if smoke { 1_000 } else { 100_000 });
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 32);
     let seconds = Duration::from_secs_f64(env_or("BENCH_SECONDS", if smoke { 0.5 } else { 10.0 }));
