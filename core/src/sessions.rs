@@ -22,6 +22,12 @@ pub async fn end_session(
     if !end_session_in_store(app, session, reason, now_unix()).await? {
         return Ok(false);
     }
+    // The event pipeline records its own `session.ended`, with the event as correlation.
+    audit::record(
+        app.store.as_ref(),
+        session_entry(session, "session.ended", reason, "ok".into()),
+    )
+    .await;
 
     // Another active session of the same user may use the same device id (a client that
     // signed in twice with one device): keep the device then.
@@ -69,11 +75,6 @@ pub async fn end_session_in_store(
     };
     app.cache.remove(&hashes);
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
-    audit::record(
-        app.store.as_ref(),
-        session_entry(session, "session.ended", reason, "ok".into()),
-    )
-    .await;
     Ok(true)
 }
 

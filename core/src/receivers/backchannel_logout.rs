@@ -13,9 +13,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{audit, refused, sources, verify_jwt, JwtRules, TokenError};
+use super::{refused, sources, verify_jwt, JwtRules, TokenError};
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::http::App;
 use crate::ids::now_unix;
@@ -132,34 +132,19 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), LogoutError> {
             return Err(TokenError::Invalid("a logout token needs `sid` or `sub`".into()).into())
         }
     };
-    let target = match &event {
-        IdpEvent::SessionEnded { sid } => format!("sid:{sid}"),
-        other => other.subject().unwrap_or("-").to_owned(),
-    };
     let received = ReceivedEvent {
         dedupe_key: jwt.jti.clone(),
         occurred_at: jwt.iat.unwrap_or_else(now_unix),
         event,
     };
-    let kind = received.event.kind();
     match app
         .events
         .accept(sources::BACKCHANNEL_LOGOUT, received)
         .await
     {
-        Ok(Acceptance::Stored(id)) => {
+        Ok(Acceptance::Stored(_)) => {
             // Unknown subjects and sessions are stored too: the pipeline records them as
-            // ignored, and the IdP gets its acknowledgement.
-            audit(
-                app,
-                sources::BACKCHANNEL_LOGOUT,
-                "event.received",
-                &target,
-                "ok",
-                &id.to_string(),
-                json!({ "kind": kind, "jti": jwt.jti }),
-            )
-            .await;
+            // ignored, and the IdP gets its acknowledgement. (`accept` writes the audit record.)
             Ok(())
         }
         // The spec's replay protection: a logout token is used once.

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     audit, refused, resolve_subject, sources, subject_issuers, verify_jwt, JwtRules, Resolved,
@@ -211,19 +211,8 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
         .accept(sources::GLOBAL_TOKEN_REVOCATION, received)
         .await
     {
-        Ok(Acceptance::Stored(id)) => {
-            audit(
-                app,
-                sources::GLOBAL_TOKEN_REVOCATION,
-                "event.received",
-                &subject,
-                "ok",
-                &id.to_string(),
-                json!({ "kind": "all_sessions_ended", "jti": jwt.jti }),
-            )
-            .await;
-            Ok(())
-        }
+        // `accept` writes the audit record (kind, dedupe key, event id).
+        Ok(Acceptance::Stored(_)) => Ok(()),
         Ok(Acceptance::Duplicate) => Err(RevocationError::Replayed),
         Err(e) => Err(RevocationError::Internal(crate::http::internal(
             "storing a global token revocation event",

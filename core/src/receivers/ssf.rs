@@ -197,26 +197,14 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
     let occurred_at = event_timestamp(payload.get("event_timestamp"))
         .or(set.iat)
         .unwrap_or_else(now_unix);
-    let kind = event.kind();
     let received = ReceivedEvent {
         dedupe_key: set.jti.clone(),
         occurred_at,
         event,
     };
     match app.events.accept(sources::SSF, received).await {
-        Ok(Acceptance::Stored(id)) => {
-            audit(
-                app,
-                sources::SSF,
-                "event.received",
-                &subject,
-                "ok",
-                &id.to_string(),
-                json!({ "kind": kind, "event_type": event_type, "jti": set.jti }),
-            )
-            .await;
-            Ok(())
-        }
+        // `accept` writes the audit record (kind, dedupe key, event id).
+        Ok(Acceptance::Stored(_)) => Ok(()),
         Ok(Acceptance::Duplicate) => Err(SsfError::Duplicate),
         Err(e) => Err(SsfError::Internal(crate::http::internal(
             "storing a Shared Signals event",

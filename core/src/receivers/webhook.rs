@@ -10,9 +10,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
-use super::{audit, refused};
+use super::refused;
 use crate::events::{Acceptance, WebhookError, WebhookRequest};
 use crate::http::App;
 
@@ -47,22 +46,10 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     };
     let mut stored = 0usize;
     for received in events {
-        let kind = received.event.kind();
-        let target = received.event.subject().unwrap_or("-").to_owned();
-        let dedupe_key = received.dedupe_key.clone();
         match app.events.accept(&source, received).await {
-            Ok(Acceptance::Stored(id)) => {
+            Ok(Acceptance::Stored(_)) => {
+                // `accept` writes the audit record (kind, dedupe key, event id).
                 stored += 1;
-                audit(
-                    &app,
-                    &source,
-                    "event.received",
-                    &target,
-                    "ok",
-                    &id.to_string(),
-                    json!({ "kind": kind, "dedupe_key": dedupe_key }),
-                )
-                .await;
             }
             Ok(Acceptance::Duplicate) => {}
             Err(e) => {
