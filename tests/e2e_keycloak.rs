@@ -230,3 +230,65 @@ async fn a_phase_two_user_disabled_webhook_locks_the_user_and_signs_them_out() {
         StatusCode::OK
     );
 }
+
+/// Re-validation at Keycloak: reconciliation introspects each session's upstream refresh token
+/// with mxidp's confidential client (RFC 7662) and asks the admin REST API about each user, off
+/// the introspection hot path; a session that ended silently at Keycloak (idle timeout, no logout
+/// token) and a user disabled without any webhook are signed out in Synapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revalidates_sessions_at_keycloak_by_introspection_and_user_status() {
+    let stack = Stack::keycloak(vec![
+        KcUser::new("gina"),
+        KcUser::new("hank"),
+        KcUser::new("ivy"),
+    ])
+    .await;
+    let mut sessions = Vec::new();
+    for user in ["gina", "hank", "ivy"] {
+        let browser_client = browser::client();
+        sessions.push(RawClient::sign_in(&stack, user, &browser_client).await);
+    }
+    let settings = mxidp_core::config::ReconciliationConfig {
+        enabled: true,
+        interval_seconds: 60,
+        batch_size: 100,
+        max_requests_per_second: 50,
+    };
+
+    // Nothing changed at Keycloak: a round ends nothing.
+    let round =
+        mxidp_core::reconcile::reconcile_round(stack.app(), &settings, mxidp_core::ids::now_unix())
+            .await
+            .unwrap();
+    assert_eq!(
+        (round.checked, round.ended, round.users),
+        (3, 0, 0),
+        "{round:?}"
+    );
+
+    // gina's SSO session times out at Keycloak (no logout token); hank is disabled by an admin
+    // with no event listener installed.
+    stack.idp.expire_sessions("gina");
+    stack.idp.disable_user("hank");
+    let round =
+        mxidp_core::reconcile::reconcile_round(stack.app(), &settings, mxidp_core::ids::now_unix())
+            .await
+            .unwrap();
+    assert!(round.ended >= 1 && round.users == 1, "{round:?}");
+    assert!(
+        stack
+            .idp
+            .requests()
+            .iter()
+            .any(|r| r == "POST /token/introspect"),
+        "{:?}",
+        stack.idp.requests()
+    );
+    for session in &sessions[..2] {
+        until_refused(&stack, &session.access_token, Duration::from_secs(5)).await;
+    }
+    assert_eq!(
+        whoami_user(&stack, &sessions[2].access_token).await["user_id"],
+        stack.user_id("ivy")
+    );
+}

@@ -280,6 +280,19 @@ impl KeycloakDouble {
         user.enabled = false;
     }
 
+    /// Ends every SSO session of `username` without telling anyone, as an SSO Session Idle or
+    /// Max timeout does (Keycloak sends no logout token then): the session's refresh tokens turn
+    /// inactive at introspection.
+    pub fn expire_sessions(&self, username: &str) {
+        let user_id = self.user_id(username);
+        self.shared
+            .realm
+            .lock()
+            .unwrap()
+            .sessions
+            .retain(|_, u| *u != user_id);
+    }
+
     /// The requests the double answered, as "METHOD path".
     pub fn requests(&self) -> Vec<String> {
         self.shared.realm.lock().unwrap().requests.clone()
