@@ -292,3 +292,79 @@ async fn reconciliation_revalidates_sessions_at_keycloak_by_introspection_and_us
         stack.user_id("ivy")
     );
 }
+
+/// `upstream.revalidation = "introspect"`: introspection at mxidp answers from its own state at
+/// once and re-validates the token at Keycloak in the background (RFC 7662 with mxidp's client);
+/// a token Keycloak calls inactive ends the session, and Synapse refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspect_revalidation_ends_a_session_keycloak_no_longer_knows() {
+    let stack = Stack::keycloak_with(
+        vec![KcUser::new("jane"), KcUser::new("kim")],
+        "revalidation = \"introspect\"\nrevalidation_cache_seconds = 1",
+        "",
+    )
+    .await;
+    let browser_client = browser::client();
+    let jane = RawClient::sign_in(&stack, "jane", &browser_client).await;
+    let browser_client = browser::client();
+    let kim = RawClient::sign_in(&stack, "kim", &browser_client).await;
+    let introspections = || {
+        stack
+            .idp
+            .requests()
+            .iter()
+            .filter(|r| *r == "POST /token/introspect")
+            .count()
+    };
+
+    // Synapse's first introspection of each token starts one check at Keycloak: active.
+    for token in [&jane.access_token, &kim.access_token] {
+        assert_eq!(stack.whoami(token).await.status(), StatusCode::OK);
+    }
+    let start = Instant::now();
+    while introspections() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no re-validation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Within the cache period, asking again (many times, concurrently) costs Keycloak nothing.
+    let asks: Vec<_> = (0..10)
+        .map(|_| {
+            let url = stack.mxidp.join("oauth2/introspect").unwrap();
+            let token = jane.access_token.clone();
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(support::stack::SHARED_SECRET)
+                    .form(&[("token", token.as_str())])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for answer in asks {
+        assert_eq!(answer.await.unwrap()["active"], true);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(introspections(), 2, "{:?}", stack.idp.requests());
+
+    // jane's SSO session ends at Keycloak without any message to mxidp.
+    stack.idp.expire_sessions("jane");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The hot path still answers from mxidp's state, without waiting for Keycloak…
+    assert_eq!(stack.introspect(&jane.access_token).await["active"], true);
+    // …and the check behind it ends the session.
+    let took = until_refused(&stack, &jane.access_token, Duration::from_secs(5)).await;
+    println!("jane signed out {took:?} after re-validation started");
+    assert_eq!(stack.introspect(&jane.access_token).await["active"], false);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(stack.introspect(&kim.access_token).await["active"], true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        whoami_user(&stack, &kim.access_token).await["user_id"],
+        stack.user_id("kim")
+    );
+}

@@ -119,6 +119,24 @@ pub struct UpstreamConfig {
     /// Where users manage their account; overrides the adapter's page when set.
     #[serde(default)]
     pub account_url: Option<Url>,
+    /// Re-validation of the IdP's tokens (DESIGN §5.2): `session` trusts mxidp's session state;
+    /// `introspect` also asks the IdP (RFC 7662) about tokens Synapse introspects, in the
+    /// background, at most once per `revalidation_cache_seconds` per token.
+    #[serde(default)]
+    pub revalidation: Revalidation,
+    #[serde(default = "default_revalidation_cache")]
+    pub revalidation_cache_seconds: u64,
+}
+
+/// `upstream.revalidation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revalidation {
+    /// Trust mxidp's session state (ended by IdP events, refresh failures, reconciliation).
+    #[default]
+    Session,
+    /// RFC 7662 introspection at the IdP with mxidp's client, off the hot path.
+    Introspect,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +364,9 @@ fn default_database_url() -> String {
 }
 fn default_timeout() -> u64 {
     10
+}
+fn default_revalidation_cache() -> u64 {
+    60
 }
 fn default_provider() -> String {
     "generic".into()
@@ -676,6 +697,15 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.upstream.revalidation == Revalidation::Introspect
+            && self.upstream.revalidation_cache_seconds == 0
+        {
+            push(
+                &mut problems,
+                "upstream.revalidation_cache_seconds",
+                "must be at least 1 with revalidation = \"introspect\"".into(),
+            );
         }
         let r = &self.reconciliation;
         if r.enabled

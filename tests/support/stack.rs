@@ -116,11 +116,16 @@ impl Stack<KeycloakDouble> {
     /// `provider = "keycloak"`, `[adapters.keycloak]` (Phase Two webhook secret, admin client) and
     /// `[policy] admin` = realm role `matrix-admin`.
     pub async fn keycloak(users: Vec<KcUser>) -> Stack<KeycloakDouble> {
-        Self::keycloak_with(users, "").await
+        Self::keycloak_with(users, "", "").await
     }
 
-    /// The same with extra TOML appended to mxidp's configuration (whole sections).
-    pub async fn keycloak_with(users: Vec<KcUser>, extra_toml: &str) -> Stack<KeycloakDouble> {
+    /// The same with extra `[upstream]` keys (lines) and extra TOML appended to mxidp's
+    /// configuration (whole sections).
+    pub async fn keycloak_with(
+        users: Vec<KcUser>,
+        upstream_extra: &str,
+        extra_toml: &str,
+    ) -> Stack<KeycloakDouble> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mxidp: Url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
@@ -163,6 +168,7 @@ provider = "keycloak"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 scopes = ["openid", "profile", "email"]
+{upstream_extra}
 [adapters.keycloak]
 webhook_secret = "{KEYCLOAK_WEBHOOK_SECRET}"
 admin_client_id = "{KEYCLOAK_ADMIN_CLIENT_ID}"
