@@ -846,6 +846,39 @@ client_secret = "s3cret"
     }
 
     #[test]
+    fn revalidation_modes() {
+        assert_eq!(parse(GOOD).upstream.revalidation, Revalidation::Session);
+        let with = |extra: &str| {
+            parse(&GOOD.replace(
+                "client_secret = \"s3cret\"",
+                &format!("client_secret = \"s3cret\"\n{extra}"),
+            ))
+        };
+        let on = with("revalidation = \"introspect\"");
+        assert_eq!(on.upstream.revalidation, Revalidation::Introspect);
+        assert_eq!(on.upstream.revalidation_cache_seconds, 60);
+        assert_eq!(on.check(), vec![]);
+        let keys: Vec<String> =
+            with("revalidation = \"introspect\"\nrevalidation_cache_seconds = 0")
+                .check()
+                .into_iter()
+                .map(|p| p.key)
+                .collect();
+        assert_eq!(keys, vec!["upstream.revalidation_cache_seconds"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace(
+                "client_secret = \"s3cret\"",
+                "client_secret = \"s3cret\"\nrevalidation = \"sometimes\"",
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
     fn symmetric_algorithms_are_refused() {
         let bad = GOOD.replace(
             "client_secret = \"s3cret\"",

@@ -16,6 +16,7 @@
 //! because it has just expired, which says nothing about the session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,9 @@ use crate::events::{IdpEvent, ReceivedEvent};
 use crate::http::App;
 use crate::ids::{now_unix, TokenHash};
 use crate::store::SessionState;
-use crate::upstream::TokenTypeHint;
+use crate::upstream::{TokenTypeHint, UpstreamError};
+
+static UNSUPPORTED_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The `source` of the events re-validation accepts.
 pub const SOURCE: &str = "revalidation";
@@ -115,6 +118,15 @@ async fn check(app: &App, token: &str, session_id: &str) {
     };
     let answer = match upstream.introspect(token, TokenTypeHint::AccessToken).await {
         Ok(answer) => answer,
+        Err(UpstreamError::Unsupported(what)) => {
+            // Once per process: the IdP's discovery names no introspection endpoint.
+            if !UNSUPPORTED_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "upstream.revalidation = \"introspect\" but the IdP offers no {what}; tokens are not re-validated"
+                );
+            }
+            return;
+        }
         Err(e) => {
             tracing::debug!(session = %session_id, error = %e, "revalidation: no introspection answer");
             return;
