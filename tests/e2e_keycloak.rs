@@ -368,3 +368,77 @@ async fn introspect_revalidation_ends_a_session_keycloak_no_longer_knows() {
         stack.user_id("kim")
     );
 }
+
+/// Element X's SDK through mxidp and Keycloak: registration, login (Keycloak's form, mxidp's
+/// consent), token exchange, whoami and a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn element_x_sdk_signs_in_through_keycloak_and_refreshes() {
+    use matrix_sdk::authentication::oauth::registration::{
+        ApplicationType, ClientMetadata, Localized, OAuthGrantType,
+    };
+    use matrix_sdk::ruma::serde::Raw;
+    use matrix_sdk::utils::UrlOrQuery;
+
+    let stack = Stack::keycloak(vec![KcUser::new("lena")]).await;
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(stack.synapse.base_url())
+        .build()
+        .await
+        .expect("client");
+    let metadata = ClientMetadata::new(
+        ApplicationType::Native,
+        vec![OAuthGrantType::AuthorizationCode {
+            redirect_uris: vec!["http://127.0.0.1/callback".parse().unwrap()],
+        }],
+        Localized::new("https://sdk-client.example.org/".parse().unwrap(), None),
+    );
+    let redirect: url::Url = "http://127.0.0.1:47614/callback".parse().unwrap();
+    let auth = client
+        .oauth()
+        .login(
+            redirect.clone(),
+            None,
+            Some(Raw::new(&metadata).unwrap().into()),
+            None,
+        )
+        .build()
+        .await
+        .expect("registration at mxidp and an authorization URL");
+    let journey = browser::login(
+        &browser::client(),
+        auth.url.clone(),
+        browser::LoginOptions::new("lena").password("lena-password"),
+    )
+    .await;
+    assert!(
+        journey
+            .pages
+            .iter()
+            .any(|p| p.body.contains("kc-form-login")),
+        "Keycloak's login form was shown"
+    );
+    client
+        .oauth()
+        .finish_login(UrlOrQuery::Url(journey.final_url))
+        .await
+        .expect("finish_login");
+    let whoami = client.whoami().await.expect("whoami");
+    assert_eq!(whoami.user_id.as_str(), stack.user_id("lena"));
+
+    let before = client.access_token().expect("token");
+    client
+        .oauth()
+        .refresh_access_token()
+        .await
+        .expect("refresh");
+    assert_ne!(client.access_token().expect("token"), before);
+    assert_eq!(
+        client.whoami().await.expect("whoami").user_id.as_str(),
+        stack.user_id("lena")
+    );
+    assert!(stack
+        .idp
+        .requests()
+        .iter()
+        .any(|r| r == "POST /token refresh_token"));
+}

@@ -5,8 +5,9 @@
 //! - `/realms/matrix/.well-known/openid-configuration` with Keycloak 26.1's field set
 //!   (`prompt_values_supported` with `create`, introspection, revocation, end-session, back-channel
 //!   logout with sessions, `authorization_response_iss_parameter_supported`);
-//! - `…/protocol/openid-connect/auth`: a headless HTML login form (`username`, `password`), then a
-//!   redirect with `state`, `session_state`, `iss` and `code`;
+//! - `…/protocol/openid-connect/auth`: a headless HTML login form (`username`, `password`; the
+//!   user is found by username or email, the password is not checked, a disabled user gets
+//!   Keycloak's error page), then a redirect with `state`, `session_state`, `iss` and `code`;
 //! - `…/token`: `authorization_code` (PKCE S256 checked, client_secret_basic or _post),
 //!   `refresh_token` (rotated: the old refresh token is refused), `client_credentials` (the
 //!   service account of the admin client). RS256 JWTs with Keycloak's claims (`typ` `Bearer` /
