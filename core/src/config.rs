@@ -119,6 +119,24 @@ pub struct UpstreamConfig {
     /// Where users manage their account; overrides the adapter's page when set.
     #[serde(default)]
     pub account_url: Option<Url>,
+    /// Re-validation of the IdP's tokens (DESIGN §5.2): `session` trusts mxidp's session state;
+    /// `introspect` also asks the IdP (RFC 7662) about tokens Synapse introspects, in the
+    /// background, at most once per `revalidation_cache_seconds` per token.
+    #[serde(default)]
+    pub revalidation: Revalidation,
+    #[serde(default = "default_revalidation_cache")]
+    pub revalidation_cache_seconds: u64,
+}
+
+/// `upstream.revalidation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revalidation {
+    /// Trust mxidp's session state (ended by IdP events, refresh failures, reconciliation).
+    #[default]
+    Session,
+    /// RFC 7662 introspection at the IdP with mxidp's client, off the hot path.
+    Introspect,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +364,9 @@ fn default_database_url() -> String {
 }
 fn default_timeout() -> u64 {
     10
+}
+fn default_revalidation_cache() -> u64 {
+    60
 }
 fn default_provider() -> String {
     "generic".into()
@@ -677,6 +698,15 @@ impl Config {
                 }
             }
         }
+        if self.upstream.revalidation == Revalidation::Introspect
+            && self.upstream.revalidation_cache_seconds == 0
+        {
+            push(
+                &mut problems,
+                "upstream.revalidation_cache_seconds",
+                "must be at least 1 with revalidation = \"introspect\"".into(),
+            );
+        }
         let r = &self.reconciliation;
         if r.enabled
             && (r.interval_seconds < 60 || r.batch_size == 0 || r.max_requests_per_second == 0)
@@ -813,6 +843,39 @@ client_secret = "s3cret"
         let keys: Vec<String> = parse(&bad).check().into_iter().map(|p| p.key).collect();
         assert!(keys.contains(&"http.public_base".to_string()), "{keys:?}");
         assert!(keys.contains(&"matrix.secret".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn revalidation_modes() {
+        assert_eq!(parse(GOOD).upstream.revalidation, Revalidation::Session);
+        let with = |extra: &str| {
+            parse(&GOOD.replace(
+                "client_secret = \"s3cret\"",
+                &format!("client_secret = \"s3cret\"\n{extra}"),
+            ))
+        };
+        let on = with("revalidation = \"introspect\"");
+        assert_eq!(on.upstream.revalidation, Revalidation::Introspect);
+        assert_eq!(on.upstream.revalidation_cache_seconds, 60);
+        assert_eq!(on.check(), vec![]);
+        let keys: Vec<String> =
+            with("revalidation = \"introspect\"\nrevalidation_cache_seconds = 0")
+                .check()
+                .into_iter()
+                .map(|p| p.key)
+                .collect();
+        assert_eq!(keys, vec!["upstream.revalidation_cache_seconds"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace(
+                "client_secret = \"s3cret\"",
+                "client_secret = \"s3cret\"\nrevalidation = \"sometimes\"",
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path)).is_err());
     }
 
     #[test]

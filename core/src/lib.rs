@@ -13,6 +13,7 @@ pub mod provider;
 pub mod receivers;
 pub mod reconcile;
 pub mod registration;
+pub mod revalidate;
 pub mod scope;
 pub mod secret;
 pub mod server;

@@ -153,6 +153,12 @@ pub fn assemble(
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)?,
+        revalidator: (config.upstream.revalidation == crate::config::Revalidation::Introspect)
+            .then(|| {
+                crate::revalidate::Revalidator::new(Duration::from_secs(
+                    config.upstream.revalidation_cache_seconds,
+                ))
+            }),
     }))
 }
 

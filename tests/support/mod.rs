@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod keycloak;
 pub mod process;
 pub mod proxy;
 pub mod raw_client;

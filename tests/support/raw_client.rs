@@ -20,11 +20,30 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    pub async fn sign_in(
-        stack: &Stack,
+    pub async fn sign_in<I>(
+        stack: &Stack<I>,
         username: &str,
         browser_client: &reqwest::Client,
     ) -> RawClient {
+        let (client, granted) = Self::sign_in_with_scope(stack, username, browser_client, "").await;
+        assert_eq!(
+            granted,
+            format!(
+                "urn:matrix:client:api:* urn:matrix:client:device:{}",
+                client.device_id
+            )
+        );
+        client
+    }
+
+    /// [`Self::sign_in`] asking for `extra_scope` too (e.g. `urn:synapse:admin:*`); returns the
+    /// client and the scope mxidp granted.
+    pub async fn sign_in_with_scope<I>(
+        stack: &Stack<I>,
+        username: &str,
+        browser_client: &reqwest::Client,
+        extra_scope: &str,
+    ) -> (RawClient, String) {
         let http = reqwest::Client::new();
         let metadata: Value = http
             .get(
@@ -79,7 +98,10 @@ impl RawClient {
             .append_pair("redirect_uri", redirect_uri)
             .append_pair(
                 "scope",
-                &format!("urn:matrix:client:api:* urn:matrix:client:device:{device_id}"),
+                format!(
+                    "urn:matrix:client:api:* urn:matrix:client:device:{device_id} {extra_scope}"
+                )
+                .trim_end(),
             )
             .append_pair("state", "raw-state")
             .append_pair("code_challenge", &challenge)
@@ -109,11 +131,11 @@ impl RawClient {
             .json()
             .await
             .unwrap();
-        assert_eq!(
-            tokens["scope"],
-            format!("urn:matrix:client:api:* urn:matrix:client:device:{device_id}")
-        );
-        RawClient {
+        let granted = tokens["scope"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no scope in {tokens}"))
+            .to_owned();
+        let client = RawClient {
             metadata,
             client_id,
             device_id,
@@ -125,7 +147,8 @@ impl RawClient {
                 .as_str()
                 .expect("refresh_token")
                 .to_owned(),
-        }
+        };
+        (client, granted)
     }
 
     pub async fn revoke(&self, token: &str, hint: &str) -> StatusCode {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::keycloak::{KcClient, KcUser, KeycloakDouble};
 use super::process::ChildProcess;
 use super::proxy::Proxy;
 use super::{Idp, IdpAccount, IdpClient, IdpConfig, Synapse, SynapseOptions};
@@ -16,8 +17,10 @@ pub const CLIENT_ID: &str = "mxidp";
 pub const CLIENT_SECRET: &str = "mxidp-client-secret-for-tests";
 pub const SERVER_NAME: &str = "e2e.test";
 
-pub struct Stack {
-    pub idp: Idp,
+/// The IdP of a stack: oidc-provider ([`Idp`], the default) or the Keycloak double
+/// ([`KeycloakDouble`], see [`Stack::keycloak`]).
+pub struct Stack<I = Idp> {
+    pub idp: I,
     pub synapse: Synapse,
     /// Between mxidp and Synapse: take it down to "stop Synapse", read the calls that reached it.
     pub proxy: Proxy,
@@ -39,7 +42,7 @@ enum Mode {
     },
 }
 
-impl Drop for Stack {
+impl<I> Drop for Stack<I> {
     fn drop(&mut self) {
         if let Mode::InProcess { server, .. } = &self.mode {
             server.abort();
@@ -47,7 +50,7 @@ impl Drop for Stack {
     }
 }
 
-impl Stack {
+impl Stack<Idp> {
     /// Starts the IdP with the given accounts, Synapse and mxidp (in this process); returns
     /// once mxidp is ready.
     pub async fn start(accounts: Vec<IdpAccount>) -> Stack {
@@ -82,6 +85,121 @@ impl Stack {
             config = config.account(a);
         }
         let idp = Idp::start(config).await;
+        let issuer = idp.issuer().to_string();
+        Stack::assemble(
+            idp,
+            listener,
+            mxidp,
+            &format!(
+                r#"[upstream]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email", "groups"]
+{extra_toml}"#
+            ),
+            process,
+            |_| Arc::new(mxidp_core::provider::GenericOidc),
+        )
+        .await
+    }
+}
+
+/// The Keycloak double's webhook secret and admin client, as mxidp's `[adapters.keycloak]` has them.
+pub const KEYCLOAK_WEBHOOK_SECRET: &str = "phase-two-webhook-secret-for-tests";
+pub const KEYCLOAK_ADMIN_CLIENT_ID: &str = "mxidp-admin";
+pub const KEYCLOAK_ADMIN_CLIENT_SECRET: &str = "mxidp-admin-secret-for-tests";
+
+impl Stack<KeycloakDouble> {
+    /// The Keycloak double (realm `matrix`, clients `mxidp` with back-channel logout to mxidp and
+    /// `mxidp-admin` with a service account), Synapse, and mxidp in this process with
+    /// `provider = "keycloak"`, `[adapters.keycloak]` (Phase Two webhook secret, admin client) and
+    /// `[policy] admin` = realm role `matrix-admin`.
+    pub async fn keycloak(users: Vec<KcUser>) -> Stack<KeycloakDouble> {
+        Self::keycloak_with(users, "", "").await
+    }
+
+    /// The same with extra `[upstream]` keys (lines) and extra TOML appended to mxidp's
+    /// configuration (whole sections).
+    pub async fn keycloak_with(
+        users: Vec<KcUser>,
+        upstream_extra: &str,
+        extra_toml: &str,
+    ) -> Stack<KeycloakDouble> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mxidp: Url = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let idp = KeycloakDouble::start(
+            users,
+            vec![
+                KcClient {
+                    client_id: CLIENT_ID.into(),
+                    secret: CLIENT_SECRET.into(),
+                    backchannel_logout_url: Some(
+                        mxidp
+                            .join("upstream/backchannel-logout")
+                            .unwrap()
+                            .to_string(),
+                    ),
+                },
+                KcClient {
+                    client_id: KEYCLOAK_ADMIN_CLIENT_ID.into(),
+                    secret: KEYCLOAK_ADMIN_CLIENT_SECRET.into(),
+                    backchannel_logout_url: None,
+                },
+            ],
+        )
+        .await;
+        idp.set_admin_client(KEYCLOAK_ADMIN_CLIENT_ID);
+        idp.set_webhook(
+            mxidp.join("upstream/webhook").unwrap(),
+            KEYCLOAK_WEBHOOK_SECRET,
+        );
+        let issuer = idp.issuer();
+        Stack::assemble(
+            idp,
+            listener,
+            mxidp,
+            &format!(
+                r#"[upstream]
+issuer = "{issuer}"
+provider = "keycloak"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email"]
+{upstream_extra}
+[adapters.keycloak]
+webhook_secret = "{KEYCLOAK_WEBHOOK_SECRET}"
+admin_client_id = "{KEYCLOAK_ADMIN_CLIENT_ID}"
+admin_client_secret = "{KEYCLOAK_ADMIN_CLIENT_SECRET}"
+[policy]
+admin = {{ claim = "roles", value = "matrix-admin" }}
+{extra_toml}"#
+            ),
+            false,
+            |config| {
+                Arc::new(
+                    mxidp_keycloak::Keycloak::from_config(config)
+                        .unwrap_or_else(|p| panic!("keycloak adapter config: {p:?}")),
+                )
+            },
+        )
+        .await
+    }
+}
+
+impl<I> Stack<I> {
+    /// Synapse, the proxy and mxidp for an IdP that is already running; `upstream_toml` holds
+    /// `[upstream]` and whatever sections follow it.
+    async fn assemble(
+        idp: I,
+        listener: tokio::net::TcpListener,
+        mxidp: Url,
+        upstream_toml: &str,
+        process: bool,
+        provider: impl FnOnce(&mxidp_core::config::Config) -> Arc<dyn mxidp_core::provider::Provider>,
+    ) -> Stack<I> {
         let synapse = Synapse::start(SynapseOptions::new(
             mxidp.clone(),
             SHARED_SECRET,
@@ -109,17 +227,11 @@ encryption_key = "e2e-encryption-key-0123456789abcdef"
 homeserver = "{SERVER_NAME}"
 endpoint = "{synapse}"
 secret = "{SHARED_SECRET}"
-[upstream]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-scopes = ["openid", "profile", "email", "groups"]
-{extra_toml}
+{upstream_toml}
 "#,
             listen = listener.local_addr().unwrap(),
             db = dir.path().join("mxidp.db").display(),
             synapse = proxy.url(),
-            issuer = idp.issuer(),
         );
         let path = dir.path().join("mxidp.toml");
         std::fs::write(&path, toml).unwrap();
@@ -131,10 +243,9 @@ scopes = ["openid", "profile", "email", "groups"]
         } else {
             let config =
                 mxidp_core::config::Config::load_checked(Some(&path)).expect("valid e2e config");
-            let app =
-                mxidp_core::server::build(&config, Arc::new(mxidp_core::provider::GenericOidc))
-                    .await
-                    .expect("mxidp builds");
+            let app = mxidp_core::server::build(&config, provider(&config))
+                .await
+                .expect("mxidp builds");
             mxidp_core::server::spawn_background(app.clone(), &config).expect("background tasks");
             let served = app.clone();
             let server = tokio::spawn(async move {

@@ -34,7 +34,13 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
             .into_response();
     };
     match introspect_token(&app, &token, now_unix()).await {
-        Ok(Some(active)) => Json(active_answer(&active, now_unix())).into_response(),
+        Ok(Some(active)) => {
+            // Answered from mxidp's state; re-validation at the IdP, if on, runs behind it.
+            if let Some(revalidator) = &app.revalidator {
+                revalidator.nudge(&app, &token, &active);
+            }
+            Json(active_answer(&active, now_unix())).into_response()
+        }
         Ok(None) => Json(json!({ "active": false })).into_response(),
         Err(e) => {
             // Synapse turns a non-200 into 503 for its client, which is right for an outage.

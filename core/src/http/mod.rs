@@ -101,6 +101,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Keys of the configured event transmitters (Shared Signals, global token revocation).
     pub receivers: crate::receivers::ReceiverKeys,
+    /// Background re-validation at the IdP (`upstream.revalidation = "introspect"`).
+    pub revalidator: Option<crate::revalidate::Revalidator>,
 }
 
 pub type App = Arc<AppState>;

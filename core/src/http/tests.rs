@@ -1560,3 +1560,61 @@ async fn cross_signing_reset_needs_proof_of_a_fresh_sign_in() {
         );
     }
 }
+
+/// Polls until `done` holds, running due pipeline events in between (no worker in these tests).
+async fn until_with_pipeline<F, Fut>(env: &Env, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        crate::events::pipeline::run_due(&env.app, crate::ids::now_unix())
+            .await
+            .unwrap();
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn introspect_revalidation_runs_behind_the_hot_path_cached_and_ends_only_on_an_answer() {
+    let env = env_with("revalidation = \"introspect\"\nrevalidation_cache_seconds = 1").await;
+    let r = env.request("DEVICE000031").await;
+    let tokens = env.tokens(&r).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let asked = || env.idp.introspection_requests().len();
+
+    // The IdP is in trouble: Synapse still gets its answer, and no answer ends nothing.
+    env.idp.fail_introspection(true);
+    assert_eq!(env.introspect(&access).await["active"], true);
+    assert!(until_with_pipeline(&env, || async { asked() == 1 }).await);
+    // Cached (and coalesced): asking again within the period does not reach the IdP.
+    for _ in 0..5 {
+        assert_eq!(env.introspect(&access).await["active"], true);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(asked(), 1);
+    assert!(!env.hs.devices(&alice()).is_empty());
+
+    // After the cache period, the IdP calls the token inactive: the session ends.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    env.idp.fail_introspection(false);
+    env.idp.set_introspection_inactive(&access);
+    assert_eq!(
+        env.introspect(&access).await["active"],
+        true,
+        "the hot path does not wait for the IdP"
+    );
+    assert!(
+        until_with_pipeline(&env, || async {
+            env.introspect(&access).await["active"] == false
+        })
+        .await,
+        "the session did not end"
+    );
+    assert_eq!(asked(), 2);
+    assert!(env.hs.devices(&alice()).is_empty());
+}

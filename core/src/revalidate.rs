@@ -1,0 +1,184 @@
+//! Token re-validation at the IdP (`upstream.revalidation = "introspect"`, DESIGN §5.2).
+//!
+//! Matrix clients hold the IdP's own access tokens, and Synapse presents them at mxidp's
+//! introspection endpoint whenever its own cache (2 minutes) has none. That endpoint is the hot
+//! path and does no network I/O: it answers from mxidp's session state, then hands the active
+//! token to [`Revalidator::nudge`], which returns at once. At most one RFC 7662 introspection per
+//! token runs at the IdP at a time (concurrent nudges of a token coalesce into the one in
+//! flight), and a token's verdict is reused for `upstream.revalidation_cache_seconds`. An IdP
+//! that calls the token inactive ends the session through the durable event pipeline (source
+//! `revalidation`, [`IdpEvent::MxidpSessionEnded`]), which deletes the device in Synapse; the
+//! next request with the token is refused.
+//!
+//! Only an answer ends anything: an unreachable IdP or an error answer changes nothing (it is
+//! not retried before the cache period is over, so an outage does not multiply the calls). A
+//! token within [`EXPIRY_MARGIN`] of its own expiry is not judged: the IdP may call it inactive
+//! because it has just expired, which says nothing about the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::cache::ActiveToken;
+use crate::events::{IdpEvent, ReceivedEvent};
+use crate::http::App;
+use crate::ids::{now_unix, TokenHash};
+use crate::store::SessionState;
+use crate::upstream::{TokenTypeHint, UpstreamError};
+
+static UNSUPPORTED_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The `source` of the events re-validation accepts.
+pub const SOURCE: &str = "revalidation";
+/// Tokens this close to their expiry are not sent to the IdP.
+pub const EXPIRY_MARGIN: i64 = 30;
+/// Above this many remembered tokens, verdicts older than the cache period are dropped.
+const PRUNE_ABOVE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    InFlight,
+    Checked(Instant),
+}
+
+/// The verdict cache and the in-flight set of re-validation.
+#[derive(Debug)]
+pub struct Revalidator {
+    cache_for: Duration,
+    entries: Mutex<HashMap<TokenHash, Entry>>,
+}
+
+impl Revalidator {
+    pub fn new(cache_for: Duration) -> Self {
+        Self {
+            cache_for,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Claims the check of `hash`: true when no check is in flight and the last verdict is
+    /// older than the cache period.
+    fn claim(&self, hash: TokenHash) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() > PRUNE_ABOVE {
+            let cache_for = self.cache_for;
+            entries.retain(|_, e| match e {
+                Entry::InFlight => true,
+                Entry::Checked(at) => at.elapsed() < cache_for,
+            });
+        }
+        match entries.get(&hash) {
+            Some(Entry::InFlight) => false,
+            Some(Entry::Checked(at)) if at.elapsed() < self.cache_for => false,
+            _ => {
+                entries.insert(hash, Entry::InFlight);
+                true
+            }
+        }
+    }
+
+    fn done(&self, hash: TokenHash) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, Entry::Checked(Instant::now()));
+    }
+
+    /// Re-validates `token` (active in mxidp's state) at the IdP in the background unless that
+    /// is cached or in flight; never waits. Returns whether a check was started.
+    pub fn nudge(&self, app: &App, token: &str, active: &ActiveToken) -> bool {
+        let now = now_unix();
+        if active
+            .expires_at
+            .is_some_and(|exp| exp - now < EXPIRY_MARGIN)
+        {
+            return false;
+        }
+        let hash = TokenHash::of(token);
+        if !self.claim(hash) {
+            return false;
+        }
+        let app = app.clone();
+        let token = token.to_owned();
+        let session_id = active.session_id.clone();
+        tokio::spawn(async move {
+            check(&app, &token, &session_id).await;
+            if let Some(revalidator) = &app.revalidator {
+                revalidator.done(hash);
+            }
+        });
+        true
+    }
+}
+
+async fn check(app: &App, token: &str, session_id: &str) {
+    let Some(upstream) = app.upstream.get() else {
+        return;
+    };
+    let answer = match upstream.introspect(token, TokenTypeHint::AccessToken).await {
+        Ok(answer) => answer,
+        Err(UpstreamError::Unsupported(what)) => {
+            // Once per process: the IdP's discovery names no introspection endpoint.
+            if !UNSUPPORTED_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "upstream.revalidation = \"introspect\" but the IdP offers no {what}; tokens are not re-validated"
+                );
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(session = %session_id, error = %e, "revalidation: no introspection answer");
+            return;
+        }
+    };
+    if answer.active {
+        return;
+    }
+    match app.store.session(session_id).await {
+        Ok(Some(session)) if session.state == SessionState::Active => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(session = %session_id, error = %e, "revalidation: cannot read the session");
+            return;
+        }
+    }
+    tracing::info!(session = %session_id, "revalidation: the IdP calls the token inactive; ending the session");
+    let accepted = app
+        .events
+        .accept(
+            SOURCE,
+            ReceivedEvent {
+                dedupe_key: format!("revalidation:{session_id}"),
+                occurred_at: now_unix(),
+                event: IdpEvent::MxidpSessionEnded {
+                    session_id: session_id.to_owned(),
+                },
+            },
+        )
+        .await;
+    if let Err(e) = accepted {
+        tracing::warn!(session = %session_id, error = %e, "revalidation: cannot store the event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_check_per_token_in_flight_and_per_cache_period() {
+        let r = Revalidator::new(Duration::from_millis(50));
+        let a = TokenHash::of("a");
+        assert!(r.claim(a));
+        // Concurrent nudges of the same token coalesce into the check in flight.
+        assert!(!r.claim(a));
+        assert!(r.claim(TokenHash::of("b")));
+        r.done(a);
+        // The verdict is cached…
+        assert!(!r.claim(a));
+        std::thread::sleep(Duration::from_millis(60));
+        // …for the cache period only.
+        assert!(r.claim(a));
+    }
+}
