@@ -137,6 +137,9 @@ pub enum Revalidation {
     Session,
     /// RFC 7662 introspection at the IdP with mxidp's client, off the hot path.
     Introspect,
+    /// Local verification of JWT access tokens with the IdP's cached JWKS (signature, `iss`,
+    /// `exp`), off the hot path: no call to the IdP beyond key refreshes.
+    Jwt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -698,13 +701,13 @@ impl Config {
                 }
             }
         }
-        if self.upstream.revalidation == Revalidation::Introspect
+        if self.upstream.revalidation != Revalidation::Session
             && self.upstream.revalidation_cache_seconds == 0
         {
             push(
                 &mut problems,
                 "upstream.revalidation_cache_seconds",
-                "must be at least 1 with revalidation = \"introspect\"".into(),
+                "must be at least 1 when revalidation is not \"session\"".into(),
             );
         }
         let r = &self.reconciliation;

@@ -1,4 +1,8 @@
-//! Token re-validation at the IdP (`upstream.revalidation = "introspect"`, DESIGN §5.2).
+//! Token re-validation (`upstream.revalidation = "introspect"` or `"jwt"`, DESIGN §5.2).
+//!
+//! `jwt` verifies JWT access tokens locally with the IdP's cached keys (signature, `iss`,
+//! `exp`); a token that fails is as good as inactive. Opaque tokens cannot be judged this way
+//! (a warning is logged once).
 //!
 //! Matrix clients hold the IdP's own access tokens, and Synapse presents them at mxidp's
 //! introspection endpoint whenever its own cache (2 minutes) has none. That endpoint is the hot
@@ -21,11 +25,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cache::ActiveToken;
+use crate::config::Revalidation;
 use crate::events::{IdpEvent, ReceivedEvent};
 use crate::http::App;
 use crate::ids::{now_unix, TokenHash};
 use crate::store::SessionState;
-use crate::upstream::{TokenTypeHint, UpstreamError};
+use crate::upstream::{verify_jws, IdTokenError, TokenTypeHint, Upstream, UpstreamError};
 
 static UNSUPPORTED_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -46,13 +51,20 @@ enum Entry {
 #[derive(Debug)]
 pub struct Revalidator {
     cache_for: Duration,
+    mode: Revalidation,
     entries: Mutex<HashMap<TokenHash, Entry>>,
 }
 
 impl Revalidator {
+    /// Introspection at the IdP.
     pub fn new(cache_for: Duration) -> Self {
+        Self::with_mode(cache_for, Revalidation::Introspect)
+    }
+
+    pub fn with_mode(cache_for: Duration, mode: Revalidation) -> Self {
         Self {
             cache_for,
+            mode,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -112,10 +124,62 @@ impl Revalidator {
     }
 }
 
+/// What local verification says of a JWT access token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JwtVerdict {
+    Valid,
+    /// A definite failure: bad signature, foreign issuer, expired, forbidden algorithm.
+    Invalid(String),
+    /// No verdict: not a JWT, keys unavailable, a key not (yet) known.
+    Unknown(String),
+}
+
+/// Verifies a JWT access token with the IdP's cached keys and the ID-token algorithm allow-list.
+pub async fn verify_access_jwt(upstream: &Upstream, token: &str, now: i64) -> JwtVerdict {
+    let settings = upstream.settings();
+    match verify_jws(token, upstream.jwks(), &settings.allowed_algorithms).await {
+        Ok(jws) => {
+            let leeway = settings.leeway.as_secs() as i64;
+            let iss = jws.claims.get("iss").and_then(|v| v.as_str());
+            if iss != Some(upstream.metadata().issuer.as_str()) {
+                return JwtVerdict::Invalid(format!("issuer {iss:?}"));
+            }
+            match jws.claims.get("exp").and_then(|v| v.as_i64()) {
+                Some(exp) if exp + leeway < now => JwtVerdict::Invalid(format!("expired at {exp}")),
+                _ => JwtVerdict::Valid,
+            }
+        }
+        Err(
+            e @ (IdTokenError::Malformed(_)
+            | IdTokenError::Encrypted
+            | IdTokenError::KeysUnavailable(_)
+            | IdTokenError::UnknownKey { .. }),
+        ) => JwtVerdict::Unknown(e.to_string()),
+        Err(e) => JwtVerdict::Invalid(e.to_string()),
+    }
+}
+
 async fn check(app: &App, token: &str, session_id: &str) {
     let Some(upstream) = app.upstream.get() else {
         return;
     };
+    let mode = app.revalidator.as_ref().map(|r| r.mode);
+    if mode == Some(Revalidation::Jwt) {
+        match verify_access_jwt(&upstream, token, now_unix()).await {
+            JwtVerdict::Valid => return,
+            JwtVerdict::Unknown(why) => {
+                if !UNSUPPORTED_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%why, "upstream.revalidation = \"jwt\" cannot judge this IdP's access tokens");
+                }
+                return;
+            }
+            JwtVerdict::Invalid(why) => {
+                tracing::info!(session = %session_id, %why, "revalidation: the access token fails local verification");
+                end_through_pipeline(app, session_id).await;
+                return;
+            }
+        }
+    }
     let answer = match upstream.introspect(token, TokenTypeHint::AccessToken).await {
         Ok(answer) => answer,
         Err(UpstreamError::Unsupported(what)) => {
@@ -135,6 +199,12 @@ async fn check(app: &App, token: &str, session_id: &str) {
     if answer.active {
         return;
     }
+    tracing::info!(session = %session_id, "revalidation: the IdP calls the token inactive; ending the session");
+    end_through_pipeline(app, session_id).await;
+}
+
+/// Ends a still-active session through the durable event pipeline.
+async fn end_through_pipeline(app: &App, session_id: &str) {
     match app.store.session(session_id).await {
         Ok(Some(session)) if session.state == SessionState::Active => {}
         Ok(_) => return,
@@ -143,7 +213,6 @@ async fn check(app: &App, token: &str, session_id: &str) {
             return;
         }
     }
-    tracing::info!(session = %session_id, "revalidation: the IdP calls the token inactive; ending the session");
     let accepted = app
         .events
         .accept(
@@ -165,6 +234,62 @@ async fn check(app: &App, token: &str, session_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::test_idp::TestIdp;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn jwt_mode_judges_signature_issuer_and_expiry_locally() {
+        let idp = TestIdp::start().await;
+        let upstream = idp.upstream().await;
+        let now = now_unix();
+        let claims = |patch: serde_json::Value| {
+            let mut c =
+                json!({"iss": idp.issuer(), "sub": "alice-sub", "iat": now, "exp": now + 300});
+            for (k, v) in patch.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        let good = idp.mint_id_token(TestIdp::default_header(), claims(json!({})));
+        assert_eq!(
+            verify_access_jwt(&upstream, &good, now).await,
+            JwtVerdict::Valid
+        );
+
+        let expired = idp.mint_id_token(
+            TestIdp::default_header(),
+            claims(json!({"exp": now - 3600})),
+        );
+        assert!(matches!(
+            verify_access_jwt(&upstream, &expired, now).await,
+            JwtVerdict::Invalid(_)
+        ));
+        let foreign = idp.mint_id_token(
+            TestIdp::default_header(),
+            claims(json!({"iss": "https://evil.example/"})),
+        );
+        assert!(matches!(
+            verify_access_jwt(&upstream, &foreign, now).await,
+            JwtVerdict::Invalid(_)
+        ));
+        let mut tampered = good.clone();
+        tampered.truncate(tampered.len() - 4);
+        tampered.push_str("AAAA");
+        assert!(matches!(
+            verify_access_jwt(&upstream, &tampered, now).await,
+            JwtVerdict::Invalid(_)
+        ));
+        let none = idp.mint_id_token(json!({"alg": "none"}), claims(json!({})));
+        assert!(matches!(
+            verify_access_jwt(&upstream, &none, now).await,
+            JwtVerdict::Invalid(_)
+        ));
+        // An opaque token gets no verdict: nothing is ended on a guess.
+        assert!(matches!(
+            verify_access_jwt(&upstream, "opaque-token", now).await,
+            JwtVerdict::Unknown(_)
+        ));
+    }
 
     #[test]
     fn one_check_per_token_in_flight_and_per_cache_period() {

@@ -153,12 +153,14 @@ pub fn assemble(
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)?,
-        revalidator: (config.upstream.revalidation == crate::config::Revalidation::Introspect)
-            .then(|| {
-                crate::revalidate::Revalidator::new(Duration::from_secs(
-                    config.upstream.revalidation_cache_seconds,
-                ))
-            }),
+        revalidator: (config.upstream.revalidation != crate::config::Revalidation::Session).then(
+            || {
+                crate::revalidate::Revalidator::with_mode(
+                    Duration::from_secs(config.upstream.revalidation_cache_seconds),
+                    config.upstream.revalidation,
+                )
+            },
+        ),
     }))
 }
 
