@@ -96,6 +96,12 @@ pub struct UpstreamConfig {
     /// `generic` (any OpenID Provider); adapters add their own names.
     #[serde(default = "default_provider")]
     pub provider: String,
+    /// The stable name of this IdP in mxidp's records: identities, sessions and status
+    /// watermarks are keyed on (`id`, subject). Defaults to the issuer without its scheme, so
+    /// switching `provider` (say from `generic` to `okta`) keeps every user on their account.
+    /// Set it before the first sign-in if the issuer URL will change.
+    #[serde(default)]
+    pub id: Option<String>,
     pub issuer: Url,
     pub client_id: String,
     #[serde(default)]
@@ -126,6 +132,24 @@ pub struct UpstreamConfig {
     pub revalidation: Revalidation,
     #[serde(default = "default_revalidation_cache")]
     pub revalidation_cache_seconds: u64,
+}
+
+impl UpstreamConfig {
+    /// `upstream.id`, or its default derived from the issuer
+    /// (`https://idp.example.com/realms/matrix/` gives `idp.example.com/realms/matrix`).
+    pub fn upstream_id(&self) -> String {
+        match &self.id {
+            Some(id) => id.trim().to_owned(),
+            None => {
+                let issuer = self.issuer.as_str();
+                issuer
+                    .split_once("://")
+                    .map_or(issuer, |(_, rest)| rest)
+                    .trim_end_matches('/')
+                    .to_owned()
+            }
+        }
+    }
 }
 
 /// `upstream.revalidation`.
@@ -587,6 +611,14 @@ impl Config {
                 &mut problems,
                 "upstream.client_id",
                 "must not be empty".into(),
+            );
+        }
+        let id = up.upstream_id();
+        if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+            push(
+                &mut problems,
+                "upstream.id",
+                "must be 1 to 255 characters without control characters".into(),
             );
         }
         if up.timeout_seconds == 0 {

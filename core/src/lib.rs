@@ -20,4 +20,5 @@ pub mod server;
 pub mod sessions;
 pub mod signin;
 pub mod store;
+pub mod tokens;
 pub mod upstream;

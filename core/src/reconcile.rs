@@ -386,6 +386,7 @@ client_secret = "unused-here"
                 admin: false,
                 state: SessionState::Active,
                 sealed_refresh_token: Some(self.app.sealer.seal_str(&refresh)),
+                sealed_access_token: None,
                 created_at,
                 ended_at: None,
                 end_reason: None,

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ActiveToken;
 use crate::config::Revalidation;
-use crate::events::{IdpEvent, ReceivedEvent};
 use crate::http::App;
 use crate::ids::{now_unix, TokenHash};
+use crate::sessions::EndCause;
 use crate::store::SessionState;
 use crate::upstream::{verify_jws, IdTokenError, TokenTypeHint, Upstream, UpstreamError};
 
@@ -112,10 +112,9 @@ impl Revalidator {
             return false;
         }
         let app = app.clone();
-        let token = token.to_owned();
         let session_id = active.session_id.clone();
         tokio::spawn(async move {
-            check(&app, &token, &session_id).await;
+            check(&app, &session_id).await;
             if let Some(revalidator) = &app.revalidator {
                 revalidator.done(hash);
             }
@@ -159,10 +158,28 @@ pub async fn verify_access_jwt(upstream: &Upstream, token: &str, now: i64) -> Jw
     }
 }
 
-async fn check(app: &App, token: &str, session_id: &str) {
+/// Checks the IdP access token paired with the session's current Matrix token: the client
+/// holds only mxidp's token, the IdP's stays sealed in the session.
+async fn check(app: &App, session_id: &str) {
     let Some(upstream) = app.upstream.get() else {
         return;
     };
+    let session = match app.store.session(session_id).await {
+        Ok(Some(session)) if session.state == SessionState::Active => session,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(session = %session_id, error = %e, "revalidation: cannot read the session");
+            return;
+        }
+    };
+    let Some(token) = session
+        .sealed_access_token
+        .as_deref()
+        .and_then(|sealed| app.sealer.open_secret(sealed).ok())
+    else {
+        return;
+    };
+    let token = token.expose();
     let mode = app.revalidator.as_ref().map(|r| r.mode);
     if mode == Some(Revalidation::Jwt) {
         match verify_access_jwt(&upstream, token, now_unix()).await {
@@ -203,30 +220,17 @@ async fn check(app: &App, token: &str, session_id: &str) {
     end_through_pipeline(app, session_id).await;
 }
 
-/// Ends a still-active session through the durable event pipeline.
+/// Ends the session through the durable session end.
 async fn end_through_pipeline(app: &App, session_id: &str) {
-    match app.store.session(session_id).await {
-        Ok(Some(session)) if session.state == SessionState::Active => {}
+    let session = match app.store.session(session_id).await {
+        Ok(Some(session)) if session.state == SessionState::Active => session,
         Ok(_) => return,
         Err(e) => {
             tracing::warn!(session = %session_id, error = %e, "revalidation: cannot read the session");
             return;
         }
-    }
-    let accepted = app
-        .events
-        .accept(
-            SOURCE,
-            ReceivedEvent {
-                dedupe_key: format!("revalidation:{session_id}"),
-                occurred_at: now_unix(),
-                event: IdpEvent::MxidpSessionEnded {
-                    session_id: session_id.to_owned(),
-                },
-            },
-        )
-        .await;
-    if let Err(e) = accepted {
+    };
+    if let Err(e) = crate::sessions::end_session(app, &session, EndCause::Revalidation).await {
         tracing::warn!(session = %session_id, error = %e, "revalidation: cannot store the event");
     }
 }

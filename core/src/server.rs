@@ -88,10 +88,7 @@ pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError
     })
 }
 
-pub fn mapping_settings(
-    config: &Config,
-    provider: &dyn Provider,
-) -> Result<MappingSettings, BuildError> {
+pub fn mapping_settings(config: &Config) -> Result<MappingSettings, BuildError> {
     let m = &config.mapping;
     let template = |key: &str, t: &str| {
         LocalpartTemplate::parse(t).map_err(|e| {
@@ -102,7 +99,7 @@ pub fn mapping_settings(
         })
     };
     Ok(MappingSettings {
-        provider_name: provider.name().to_owned(),
+        upstream_id: config.upstream.upstream_id(),
         localpart_template: template("mapping.localpart_template", &m.localpart_template)?,
         displayname_template: m
             .displayname_template
@@ -136,7 +133,7 @@ pub fn assemble(
     let s = &config.sessions;
     Ok(Arc::new(AppState {
         issuer: config.http.public_base.clone(),
-        mapping: mapping_settings(config, provider.as_ref())?,
+        mapping: mapping_settings(config)?,
         events: crate::events::EventPipeline::with_settings(store.clone(), config.events.clone()),
         store,
         homeserver,
@@ -180,6 +177,7 @@ pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, 
     let store = Arc::new(SqliteStore::open(&config.database.url).await?);
     let sealer = Sealer::new(&config.encryption_key().map_err(BuildError::Problem)?);
     verify_encryption_key(store.as_ref(), &sealer).await?;
+    adopt_upstream_id(store.as_ref(), config).await?;
     let homeserver = Arc::new(SynapseConnection::new(
         config.matrix.endpoint.clone(),
         config.matrix.homeserver.clone(),
@@ -189,6 +187,19 @@ pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, 
     let app = assemble(config, store, homeserver, provider)?;
     warm_introspection_cache(&app).await?;
     Ok(app)
+}
+
+/// The adapters' code names, which keyed identities before `upstream.id` existed.
+const LEGACY_UPSTREAM_NAMES: &[&str] = &["generic", "keycloak", "okta", "zitadel", "auth0"];
+
+/// Moves records keyed on an adapter's name to `upstream.id` (once; later starts find none).
+pub async fn adopt_upstream_id(store: &dyn Store, config: &Config) -> Result<u64, BuildError> {
+    let id = config.upstream.upstream_id();
+    let moved = store.adopt_upstream_id(&id, LEGACY_UPSTREAM_NAMES).await?;
+    if moved > 0 {
+        tracing::info!(identities = moved, upstream_id = %id, "identities moved to the upstream id");
+    }
+    Ok(moved)
 }
 
 /// Loads every active access token into the introspection cache, which makes it complete

@@ -1,120 +1,189 @@
-//! Session lifecycle shared by the token, revocation and (later) event paths: ending a
-//! session everywhere it lives: the store, the introspection cache, the homeserver device and
-//! the IdP.
+//! The one way a session ends (docs/events.md): whatever the trigger (the client's revocation,
+//! a replayed code, a reused refresh token, the IdP refusing a refresh, re-validation,
+//! reconciliation, an IdP event), the end goes through the durable event pipeline.
+//!
+//! For the triggers that mxidp itself notices, [`end_session`] first persists an
+//! `MxidpSessionEnded` event (so a crash after the client's answer loses nothing), then marks
+//! the session ended in the store and evicts its tokens (introspection answers inactive at
+//! once), and leaves the rest to the worker: the homeserver's device list, the IdP revocation.
+//! A retry finishes whatever an interrupted attempt started; the audit records are the same
+//! for every trigger.
 
 use crate::audit::{self, AuditEntry};
+use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::http::AppState;
 use crate::ids::now_unix;
-use crate::store::Session;
+use crate::store::{Session, SessionState, StoreError};
 use crate::upstream::TokenTypeHint;
 
-/// Ends a session: marks it ended, evicts its tokens from the introspection cache, deletes
-/// the device in the homeserver (how a sign-out takes effect at once, DESIGN §3.1) and revokes
-/// the refresh token at the IdP. Returns false when it had already ended.
-///
-/// The store comes first so that introspection answers inactive even if the homeserver or the
-/// IdP cannot be reached; those failures are logged.
+/// What made mxidp end a session; each is an event source of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The client revoked one of its tokens (RFC 7009).
+    Revoked,
+    /// An authorization code was presented twice (RFC 6749 §4.1.2: it may have been stolen).
+    CodeReplayed,
+    /// A rotated refresh token was presented again (it leaked, MSC2964).
+    RefreshReused,
+    /// The IdP answered `invalid_grant` to a refresh: the session is over there.
+    IdpRefusedRefresh,
+    /// Re-validation at the IdP called the session's token inactive.
+    Revalidation,
+    /// Reconciliation found the session over at the IdP.
+    Reconciliation,
+    /// The sign-in could not finish (the homeserver refused the device): nobody holds its
+    /// tokens, and the IdP's are revoked.
+    SigninFailed,
+}
+
+impl EndCause {
+    pub const ALL: [EndCause; 7] = [
+        EndCause::Revoked,
+        EndCause::CodeReplayed,
+        EndCause::RefreshReused,
+        EndCause::IdpRefusedRefresh,
+        EndCause::Revalidation,
+        EndCause::Reconciliation,
+        EndCause::SigninFailed,
+    ];
+
+    /// The event source, in the `idp_events` table and the audit log.
+    pub fn source(self) -> &'static str {
+        match self {
+            EndCause::Revoked => "revocation",
+            EndCause::CodeReplayed => "code_replay",
+            EndCause::RefreshReused => "refresh_reuse",
+            EndCause::IdpRefusedRefresh => "idp_refresh",
+            EndCause::Revalidation => crate::revalidate::SOURCE,
+            EndCause::Reconciliation => crate::reconcile::SOURCE,
+            EndCause::SigninFailed => "signin_failed",
+        }
+    }
+
+    /// The session's recorded end reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            EndCause::Revoked => "revoked by the client",
+            EndCause::CodeReplayed => "authorization code replayed",
+            EndCause::RefreshReused => "refresh token reused",
+            EndCause::IdpRefusedRefresh => "IdP refused refresh",
+            EndCause::Revalidation => "IdP calls the token inactive",
+            EndCause::Reconciliation => "IdP calls the session inactive",
+            EndCause::SigninFailed => "homeserver refused the device at sign-in",
+        }
+    }
+
+    /// Whether `source` is one of mxidp's own (then mxidp, not the IdP, is the actor).
+    pub fn is_own_source(source: &str) -> bool {
+        Self::ALL.iter().any(|c| c.source() == source)
+    }
+}
+
+/// Ends a session durably: the event first, then the store. Returns what the pipeline did
+/// with the event (a duplicate when this session was already being ended for this cause).
 pub async fn end_session(
     app: &AppState,
     session: &Session,
-    reason: &str,
-) -> Result<bool, crate::store::StoreError> {
-    if !end_session_in_store(app, session, reason, now_unix()).await? {
-        return Ok(false);
-    }
-    // The event pipeline records its own `session.ended`, with the event as correlation.
-    audit::record(
-        app.store.as_ref(),
-        session_entry(session, "session.ended", reason, "ok".into()),
-    )
-    .await;
-
-    // Another active session of the same user may use the same device id (a client that
-    // signed in twice with one device): keep the device then.
-    let still_used = app
-        .store
-        .active_devices(&session.localpart)
-        .await
-        .map(|devices| devices.contains(&session.device_id))
-        .unwrap_or(false);
-    if !still_used {
-        let outcome = match app
-            .homeserver
-            .delete_device(&session.localpart, &session.device_id)
-            .await
-        {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => {
-                tracing::warn!(session = %session.id, error = %e, "could not delete the device in the homeserver");
-                format!("failed: {e}")
-            }
-        };
-        audit::record(
-            app.store.as_ref(),
-            session_entry(session, "homeserver.delete_device", reason, outcome),
+    cause: EndCause,
+) -> Result<Acceptance, StoreError> {
+    let now = now_unix();
+    let acceptance = app
+        .events
+        .accept(
+            cause.source(),
+            ReceivedEvent {
+                dedupe_key: session.id.clone(),
+                occurred_at: now,
+                event: IdpEvent::MxidpSessionEnded {
+                    session_id: session.id.clone(),
+                },
+            },
         )
-        .await;
+        .await?;
+    let correlation_id = match acceptance {
+        Acceptance::Stored(id) => id.to_string(),
+        Acceptance::Duplicate => format!("{}:{}", cause.source(), session.id),
+    };
+    if session.state == SessionState::Active {
+        end_in_store(
+            app,
+            session,
+            cause.reason(),
+            cause.source(),
+            &correlation_id,
+            now,
+        )
+        .await?;
     }
-
-    revoke_at_idp(app, session).await;
-    Ok(true)
+    Ok(acceptance)
 }
 
-/// The part of ending a session that cannot fail halfway: marks it ended in the store and evicts
-/// its tokens from the introspection cache, so introspection answers inactive from now on.
-/// Returns false when it had already ended. The event pipeline uses this and then makes the
-/// homeserver's device list match the sessions still active (idempotent, retried on failure).
-pub async fn end_session_in_store(
+/// Marks the session ended and evicts its tokens from the introspection cache, so that
+/// introspection answers inactive from now on, and records `session.ended`. Returns false when
+/// it had already ended. The homeserver and the IdP are the worker's part.
+pub async fn end_in_store(
     app: &AppState,
     session: &Session,
     reason: &str,
+    source: &str,
+    correlation_id: &str,
     now: i64,
-) -> Result<bool, crate::store::StoreError> {
+) -> Result<bool, StoreError> {
     let Some(hashes) = app.store.end_session(&session.id, reason, now).await? else {
         return Ok(false);
     };
     app.cache.remove(&hashes);
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
+    audit::record(
+        app.store.as_ref(),
+        AuditEntry {
+            actor: "mxidp".into(),
+            action: "session.ended".into(),
+            target: session.id.clone(),
+            source: source.into(),
+            outcome: "ok".into(),
+            correlation_id: correlation_id.into(),
+            details: serde_json::json!({
+                "reason": reason,
+                "upstream": session.provider,
+                "subject": session.subject,
+                "localpart": session.localpart.as_str(),
+                "device_id": session.device_id.as_str(),
+                "client_id": session.client_id,
+            }),
+        },
+    )
+    .await;
     Ok(true)
 }
 
-/// Revokes the session's refresh token at the IdP, best effort (failures are logged): the
-/// session is already over for Matrix, this only shortens the IdP's side of it.
+/// Ends an ended session's grant at the IdP, then forgets the sealed IdP tokens. Best effort:
+/// the session is already over for Matrix, and an IdP that cannot be reached only keeps its
+/// own side of the session until it expires there. Idempotent (RFC 7009 §2.2: revoking a
+/// revoked token succeeds), so a retried event may call it again.
 pub async fn revoke_at_idp(app: &AppState, session: &Session) {
-    if let (Some(sealed), Some(upstream)) = (&session.sealed_refresh_token, app.upstream.get()) {
-        match app.sealer.open_secret(sealed) {
-            Ok(refresh) => {
-                if let Err(e) = upstream
-                    .revoke(refresh.expose(), TokenTypeHint::RefreshToken)
-                    .await
-                {
-                    tracing::warn!(session = %session.id, error = %e, "could not revoke the session at the IdP");
+    let Some(upstream) = app.upstream.get() else {
+        return;
+    };
+    // Revoking the refresh token ends the grant; without one, the access token is all there is.
+    let (sealed, hint) = match (&session.sealed_refresh_token, &session.sealed_access_token) {
+        (Some(refresh), _) => (refresh, TokenTypeHint::RefreshToken),
+        (None, Some(access)) => (access, TokenTypeHint::AccessToken),
+        (None, None) => return,
+    };
+    match app.sealer.open_secret(sealed) {
+        Ok(token) => match upstream.revoke(token.expose(), hint).await {
+            Ok(()) => {
+                if let Err(e) = app.store.forget_upstream_tokens(&session.id).await {
+                    tracing::warn!(session = %session.id, error = %e, "could not forget the IdP tokens");
                 }
             }
             Err(e) => {
-                tracing::warn!(session = %session.id, error = %e, "cannot open the sealed refresh token")
+                tracing::warn!(session = %session.id, error = %e, "could not revoke the session at the IdP")
             }
+        },
+        Err(e) => {
+            tracing::warn!(session = %session.id, error = %e, "cannot open the sealed IdP token")
         }
-    }
-}
-
-/// An audit entry about a session: mxidp acts, on the session, for `reason` (which names the
-/// trigger: the client's revocation, a replay, the IdP, an event).
-fn session_entry(session: &Session, action: &str, reason: &str, outcome: String) -> AuditEntry {
-    AuditEntry {
-        actor: "mxidp".into(),
-        action: action.into(),
-        target: session.id.clone(),
-        source: "sessions".into(),
-        outcome,
-        correlation_id: session.id.clone(),
-        details: serde_json::json!({
-            "reason": reason,
-            "provider": session.provider,
-            "subject": session.subject,
-            "localpart": session.localpart.as_str(),
-            "device_id": session.device_id.as_str(),
-            "client_id": session.client_id,
-        }),
     }
 }

@@ -67,7 +67,7 @@ pub async fn resolve(
         .is_some_and(|p| p.allows(claims, &roles));
 
     let localpart = match store
-        .identity_by_subject(&mapping.provider_name, &subject)
+        .identity_by_subject(&mapping.upstream_id, &subject)
         .await?
     {
         Some(identity) if identity.deleted_at.is_some() => return Err(SignInError::Tombstoned),
@@ -79,7 +79,7 @@ pub async fn resolve(
     // Kept current on every sign-in: IdP events may name the user by e-mail only.
     store
         .set_identity_email(
-            &mapping.provider_name,
+            &mapping.upstream_id,
             &subject,
             emails.first().map(String::as_str),
         )
@@ -130,7 +130,7 @@ async fn link_new_identity(
             }
         }
         let identity = Identity {
-            provider: mapping.provider_name.clone(),
+            provider: mapping.upstream_id.clone(),
             subject: subject.to_owned(),
             localpart: candidate.clone(),
             created_at: now_unix(),
@@ -144,7 +144,7 @@ async fn link_new_identity(
             // Lost a race: either this subject was linked meanwhile, or the localpart was taken.
             Err(StoreError::Conflict) => {
                 if let Some(existing) = store
-                    .identity_by_subject(&mapping.provider_name, subject)
+                    .identity_by_subject(&mapping.upstream_id, subject)
                     .await?
                 {
                     return Ok(existing.localpart);

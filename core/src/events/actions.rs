@@ -62,7 +62,7 @@ pub(super) struct Action<'a> {
 impl Action<'_> {
     pub(super) async fn apply(&self) -> Result<Outcome, ActionError> {
         let app = self.app;
-        let provider = app.mapping.provider_name.as_str();
+        let provider = app.mapping.upstream_id.as_str();
         let event = &self.event.event;
 
         if let IdpEvent::SessionEnded { sid } = event {
@@ -77,16 +77,21 @@ impl Action<'_> {
             for localpart in &localparts {
                 self.sync_devices(localpart).await?;
             }
+            self.revoke_at_idp(&sessions).await;
             return Ok(Outcome::Applied);
         }
 
         if let IdpEvent::MxidpSessionEnded { session_id } = event {
-            // Reconciliation found one session dead at the IdP; a retry finds it ended already.
+            // mxidp ended one session itself (revocation, replay, reuse, the IdP's refusal,
+            // re-validation, reconciliation); usually it is marked ended already, and a retry
+            // finds it so too.
             let Some(session) = app.store.session(session_id).await? else {
                 return Ok(Outcome::Ignored("no such session".into()));
             };
-            self.end_sessions(std::slice::from_ref(&session)).await?;
+            let sessions = std::slice::from_ref(&session);
+            self.end_sessions(sessions).await?;
             self.sync_devices(&session.localpart).await?;
+            self.revoke_at_idp(sessions).await;
             return Ok(Outcome::Applied);
         }
 
@@ -166,35 +171,42 @@ impl Action<'_> {
         Ok(Outcome::Applied)
     }
 
+    /// Ends the subject's active sessions and revokes them at the IdP (after the store, so
+    /// that introspection answers inactive whatever the IdP does).
     async fn end_subject_sessions(&self, subject: &str) -> Result<(), ActionError> {
         let sessions = self
             .app
             .store
-            .active_sessions_of_subject(&self.app.mapping.provider_name, subject)
+            .active_sessions_of_subject(&self.app.mapping.upstream_id, subject)
             .await?;
-        self.end_sessions(&sessions).await
+        self.end_sessions(&sessions).await?;
+        self.revoke_at_idp(&sessions).await;
+        Ok(())
     }
 
-    /// Ends the sessions that are still active (store and cache), then revokes them at the IdP.
+    /// Ends the sessions that are still active (store and cache).
     async fn end_sessions(&self, sessions: &[Session]) -> Result<(), ActionError> {
         let reason = format!("idp_event:{}", self.event.event.kind());
         for session in sessions {
-            if crate::sessions::end_session_in_store(self.app, session, &reason, self.now).await? {
-                self.audit_with(
-                    "session.ended",
-                    &session.id,
-                    "ok".into(),
-                    serde_json::json!({
-                        "localpart": session.localpart.as_str(),
-                        "device_id": session.device_id.as_str(),
-                        "reason": reason,
-                    }),
-                )
-                .await;
-                crate::sessions::revoke_at_idp(self.app, session).await;
-            }
+            crate::sessions::end_in_store(
+                self.app,
+                session,
+                &reason,
+                &self.event.source,
+                &self.event.id.to_string(),
+                self.now,
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Ends the sessions' grants at the IdP, best effort; those already revoked have no sealed
+    /// tokens left and are skipped.
+    async fn revoke_at_idp(&self, sessions: &[Session]) {
+        for session in sessions {
+            crate::sessions::revoke_at_idp(self.app, session).await;
+        }
     }
 
     /// Makes the user's devices in the homeserver exactly those of the sessions still active:

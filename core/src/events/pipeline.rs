@@ -98,7 +98,7 @@ impl EventPipeline {
                 audit::record(
                     self.store.as_ref(),
                     AuditEntry {
-                        actor: format!("idp:{source}"),
+                        actor: actor(source),
                         action: "event.received".into(),
                         target,
                         source: source.into(),
@@ -120,7 +120,7 @@ impl EventPipeline {
                 audit::record(
                     self.store.as_ref(),
                     AuditEntry {
-                        actor: format!("idp:{source}"),
+                        actor: actor(source),
                         action: "event.received".into(),
                         target,
                         source: source.into(),
@@ -262,6 +262,15 @@ async fn process(
         }
     }
     Ok(())
+}
+
+/// Who raised an event: the IdP, or mxidp itself for the session ends it notices.
+fn actor(source: &str) -> String {
+    if crate::sessions::EndCause::is_own_source(source) {
+        "mxidp".into()
+    } else {
+        format!("idp:{source}")
+    }
 }
 
 fn target(event: &StoredEvent) -> String {

@@ -78,7 +78,7 @@ impl Env {
         self.app
             .store
             .add_identity(&Identity {
-                provider: self.app.mapping.provider_name.clone(),
+                provider: self.app.mapping.upstream_id.clone(),
                 subject: subject.into(),
                 localpart: lp(localpart),
                 created_at: t0() - 1000,
@@ -103,7 +103,7 @@ impl Env {
     ) -> TokenHash {
         let session = Session {
             id: format!("session-{device_id}"),
-            provider: self.app.mapping.provider_name.clone(),
+            provider: self.app.mapping.upstream_id.clone(),
             subject: subject.into(),
             localpart: lp(localpart),
             device_id: device(device_id),
@@ -113,6 +113,7 @@ impl Env {
             admin: false,
             state: SessionState::Active,
             sealed_refresh_token: None,
+            sealed_access_token: None,
             created_at: t0() - 500,
             ended_at: None,
             end_reason: None,
@@ -720,7 +721,7 @@ async fn a_refusal_that_will_not_change_is_dead_at_once_and_retry_all_dead_reque
     env.app
         .store
         .add_identity(&Identity {
-            provider: env.app.mapping.provider_name.clone(),
+            provider: env.app.mapping.upstream_id.clone(),
             subject: "sub-carol".into(),
             localpart: lp("carol"),
             created_at: t0(),

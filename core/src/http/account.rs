@@ -162,7 +162,7 @@ pub async fn finish_cross_signing_reset(
     let identity = match app.provider.subject(claims) {
         Some(subject) if allowed => {
             app.store
-                .identity_by_subject(&app.mapping.provider_name, &subject)
+                .identity_by_subject(&app.mapping.upstream_id, &subject)
                 .await
         }
         _ => Ok(None),

@@ -72,6 +72,10 @@ pub async fn introspect_token(
     token: &str,
     now: i64,
 ) -> Result<Option<ActiveToken>, StoreError> {
+    // A token mxidp did not issue is refused before any hashing or lookup.
+    if crate::tokens::recognise(token) != Some(TokenKind::Access) {
+        return Ok(None);
+    }
     let hash = TokenHash::of(token);
     let active = match app.cache.lookup(&hash) {
         Lookup::Active(active) => active,

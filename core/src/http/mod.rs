@@ -48,7 +48,7 @@ pub mod paths {
 
 /// Settings of the identity mapping, parsed once at start.
 pub struct MappingSettings {
-    pub provider_name: String,
+    pub upstream_id: String,
     pub localpart_template: LocalpartTemplate,
     pub displayname_template: Option<LocalpartTemplate>,
     pub keep_before_at: bool,

@@ -1,5 +1,6 @@
 //! `POST /oauth2/revoke` (RFC 7009, MSC4254): either token ends the whole session: both
-//! tokens, the IdP's session, the Matrix device. An unknown token is a success (RFC 7009 §2.2).
+//! tokens, the IdP's grant, the Matrix device, through the durable session end
+//! ([`crate::sessions`]). An unknown token is a success (RFC 7009 §2.2).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,9 +10,8 @@ use serde::Deserialize;
 
 use super::{internal, oauth_error, App};
 use crate::ids::TokenHash;
-use crate::sessions::end_session;
-use crate::store::TokenKind;
-use crate::upstream::TokenTypeHint;
+use crate::sessions::{end_session, EndCause};
+use crate::tokens;
 
 // No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
 #[derive(Deserialize)]
@@ -30,6 +30,10 @@ pub async fn post(State(app): State<App>, Form(form): Form<RevokeForm>) -> Respo
             "token is missing",
         );
     };
+    // Not one of mxidp's tokens: nothing to look up, and nothing to end (RFC 7009 §2.2).
+    if tokens::recognise(token).is_none() {
+        return StatusCode::OK.into_response();
+    }
     let found = match app.store.token(TokenHash::of(token)).await {
         Ok(found) => found,
         Err(e) => {
@@ -41,7 +45,7 @@ pub async fn post(State(app): State<App>, Form(form): Form<RevokeForm>) -> Respo
             );
         }
     };
-    let Some((record, session)) = found else {
+    let Some((_, session)) = found else {
         return StatusCode::OK.into_response();
     };
     if form
@@ -52,16 +56,7 @@ pub async fn post(State(app): State<App>, Form(form): Form<RevokeForm>) -> Respo
         // The Matrix spec says to revoke anyway: whoever holds the token may end its session.
         tracing::info!(session = %session.id, "revocation with another client's id; revoking anyway");
     }
-    // The access token the client presented is not stored anywhere; revoke it at the IdP now
-    // (the refresh token is revoked by end_session from its sealed copy).
-    if record.kind == TokenKind::Access {
-        if let Some(upstream) = app.upstream.get() {
-            if let Err(e) = upstream.revoke(token, TokenTypeHint::AccessToken).await {
-                tracing::debug!(error = %e, "IdP did not revoke the access token");
-            }
-        }
-    }
-    match end_session(&app, &session, "revoked by the client").await {
+    match end_session(&app, &session, EndCause::Revoked).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(e) => {
             let id = internal("end session", &e);

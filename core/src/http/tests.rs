@@ -114,6 +114,41 @@ impl Env {
         self.base.join(path).unwrap()
     }
 
+    /// Runs the event worker's round: what a session end left to it (the homeserver, the IdP).
+    async fn settle(&self) {
+        crate::events::pipeline::run_due(&self.app, crate::ids::now_unix())
+            .await
+            .unwrap();
+    }
+
+    /// The IdP access token sealed in the session behind a Matrix access token.
+    async fn idp_access_token(&self, matrix_access: &str) -> String {
+        self.idp_tokens(matrix_access).await.0
+    }
+
+    /// The IdP's access and refresh tokens sealed in the session behind a Matrix token.
+    async fn idp_tokens(&self, matrix_token: &str) -> (String, Option<String>) {
+        let (_, session) = self
+            .app
+            .store
+            .token(TokenHash::of(matrix_token))
+            .await
+            .unwrap()
+            .unwrap();
+        let open = |sealed: &str| {
+            self.app
+                .sealer
+                .open_secret(sealed)
+                .unwrap()
+                .expose()
+                .to_owned()
+        };
+        (
+            open(session.sealed_access_token.as_deref().unwrap()),
+            session.sealed_refresh_token.as_deref().map(open),
+        )
+    }
+
     async fn register(&self, body: Value) -> reqwest::Response {
         self.http
             .post(self.url("oauth2/registration"))
@@ -347,6 +382,22 @@ async fn full_flow_sign_in_introspect_refresh_revoke() {
         tokens.get("id_token").is_none(),
         "the IdP's ID token is for mxidp only"
     );
+    // mxidp's own tokens: the IdP's stay sealed in the session.
+    assert_eq!(
+        crate::tokens::recognise(access),
+        Some(crate::store::TokenKind::Access)
+    );
+    assert_eq!(
+        crate::tokens::recognise(refresh),
+        Some(crate::store::TokenKind::Refresh)
+    );
+    let (idp_access, idp_refresh) = env.idp_tokens(access).await;
+    assert_ne!(idp_access, access);
+    assert_eq!(
+        env.introspect(&idp_access).await,
+        json!({"active": false}),
+        "the IdP's own token is no Matrix token"
+    );
 
     // Synapse's view: both scope families, the device, the localpart.
     let i = env.introspect(access).await;
@@ -394,6 +445,7 @@ async fn full_flow_sign_in_introspect_refresh_revoke() {
     assert_eq!(env.introspect(access2).await["active"], true);
 
     // Revoking the access token ends the whole session: both tokens, the device, the IdP.
+    let (_, idp_refresh2) = env.idp_tokens(access2).await;
     let revoked = env
         .http
         .post(env.url("oauth2/revoke"))
@@ -407,6 +459,7 @@ async fn full_flow_sign_in_introspect_refresh_revoke() {
         .unwrap();
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(env.introspect(access2).await, json!({"active": false}));
+    env.settle().await;
     assert!(
         env.hs.devices(&alice()).is_empty(),
         "device deleted in the homeserver"
@@ -425,14 +478,12 @@ async fn full_flow_sign_in_introspect_refresh_revoke() {
         .into_iter()
         .map(|t| t.token)
         .collect();
-    assert!(
-        revoked_at_idp.iter().any(|t| t == refresh2),
-        "refresh token revoked at the IdP"
+    assert_eq!(
+        revoked_at_idp,
+        [idp_refresh2.unwrap()],
+        "the IdP's refresh token, and only it, revoked at the IdP"
     );
-    assert!(
-        revoked_at_idp.iter().any(|t| t == access2),
-        "access token revoked at the IdP"
-    );
+    assert!(idp_refresh.is_some());
 }
 
 #[tokio::test]
@@ -641,6 +692,7 @@ async fn a_code_used_twice_fails_and_ends_the_session_it_created() {
         "invalid_grant"
     );
     assert_eq!(env.introspect(access).await["active"], false);
+    env.settle().await;
     assert!(env.hs.devices(&alice()).is_empty());
 }
 
@@ -721,7 +773,7 @@ async fn bad_id_tokens_are_refused_and_change_nothing() {
     assert!(env
         .app
         .store
-        .identity_by_subject("generic", "alice-sub")
+        .identity_by_subject(&env.app.mapping.upstream_id, "alice-sub")
         .await
         .unwrap()
         .is_none());
@@ -861,7 +913,7 @@ async fn two_subjects_with_the_same_name_never_share_an_account() {
     assert!(env
         .app
         .store
-        .identity_by_subject("generic", "mallory-sub")
+        .identity_by_subject(&env.app.mapping.upstream_id, "mallory-sub")
         .await
         .unwrap()
         .is_none());
@@ -903,7 +955,11 @@ async fn a_tombstoned_localpart_is_never_reassigned() {
     env.tokens(&env.request("DEVICE000019").await).await;
     env.app
         .store
-        .tombstone_identity("generic", "alice-sub", crate::ids::now_unix())
+        .tombstone_identity(
+            &env.app.mapping.upstream_id,
+            "alice-sub",
+            crate::ids::now_unix(),
+        )
         .await
         .unwrap();
     // The deleted subject cannot come back...
@@ -1003,6 +1059,7 @@ async fn an_idp_that_ends_the_session_makes_refresh_fail_and_deletes_the_device(
             .await["active"],
         false
     );
+    env.settle().await;
     assert!(env.hs.devices(&alice()).is_empty());
 }
 
@@ -1236,7 +1293,7 @@ async fn adapter_overrides_are_used_by_the_core_flow() {
     assert!(env
         .app
         .store
-        .identity_by_subject("tenant", "ann-sub")
+        .identity_by_subject(&env.app.mapping.upstream_id, "ann-sub")
         .await
         .unwrap()
         .is_some());
@@ -1439,22 +1496,30 @@ async fn sign_in_and_sign_out_are_audited_without_tokens() {
         ])
         .await;
     assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    env.settle().await;
 
     let records = env.app.store.audit_records(0, None, 100).await.unwrap();
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    // The same records as for any other session end (docs/events.md): the event, the end in
+    // the store, the homeserver's device list, the event's outcome.
     assert_eq!(
         actions,
         [
             "session.started",
+            "event.received",
             "session.ended",
-            "homeserver.delete_device"
+            "homeserver.sync_devices",
+            "event.applied"
         ]
     );
     let started = &records[0];
     assert_eq!(started.actor, format!("client:{}", r.client_id));
-    assert!(records.iter().all(|rec| rec.target == started.target));
-    assert!(records[1].details.contains("IdP refused refresh"));
-    assert_eq!(records[2].outcome, "ok");
+    assert!(records[1..].iter().all(|rec| rec.actor == "mxidp"));
+    assert_eq!(records[1].source, "idp_refresh");
+    assert_eq!(records[2].target, started.target);
+    assert!(records[2].details.contains("IdP refused refresh"));
+    assert_eq!(records[3].outcome, "ok");
+    assert_eq!(records[2].correlation_id, records[4].correlation_id);
     for record in &records {
         for token in ["access_token", "refresh_token"] {
             assert!(!record.details.contains(tokens[token].as_str().unwrap()));
@@ -1492,13 +1557,14 @@ async fn a_session_ended_during_a_refresh_gets_no_new_tokens_and_stays_uncached(
     let rotated = env
         .app
         .store
-        .rotate_tokens(
-            &session.id,
-            None,
-            std::slice::from_ref(&fresh),
-            None,
-            crate::ids::now_unix(),
-        )
+        .rotate_tokens(&crate::store::Rotation {
+            session_id: &session.id,
+            old_refresh: TokenHash::of(tokens["refresh_token"].as_str().unwrap()),
+            new_tokens: std::slice::from_ref(&fresh),
+            sealed_refresh_token: None,
+            sealed_access_token: "sealed",
+            now: crate::ids::now_unix(),
+        })
         .await;
     assert!(matches!(rotated, Err(crate::store::StoreError::Conflict)));
     // A cache insert that races the end of the session does not survive it.
@@ -1602,7 +1668,8 @@ async fn introspect_revalidation_runs_behind_the_hot_path_cached_and_ends_only_o
     // After the cache period, the IdP calls the token inactive: the session ends.
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     env.idp.fail_introspection(false);
-    env.idp.set_introspection_inactive(&access);
+    env.idp
+        .set_introspection_inactive(&env.idp_access_token(&access).await);
     assert_eq!(
         env.introspect(&access).await["active"],
         true,
@@ -1617,4 +1684,236 @@ async fn introspect_revalidation_runs_behind_the_hot_path_cached_and_ends_only_o
     );
     assert_eq!(asked(), 2);
     assert!(env.hs.devices(&alice()).is_empty());
+}
+
+fn load_config(toml: &str) -> crate::config::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mxidp.toml");
+    std::fs::write(&path, toml).unwrap();
+    crate::config::Config::load(Some(&path)).unwrap()
+}
+
+async fn refresh(env: &Env, client_id: &str, refresh_token: &str) -> reqwest::Response {
+    env.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", client_id),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn mxidp_rotates_its_refresh_token_whether_or_not_the_idp_does() {
+    for idp_rotates in [true, false] {
+        let env = env().await;
+        env.idp.set_refresh_rotation(idp_rotates);
+        let r = env.request("DEVICE000101").await;
+        let tokens = env.tokens(&r).await;
+        let refresh1 = tokens["refresh_token"].as_str().unwrap();
+        let (_, idp_refresh1) = env.idp_tokens(refresh1).await;
+
+        let answer = refresh(&env, &r.client_id, refresh1).await;
+        assert_eq!(answer.status(), StatusCode::OK, "idp_rotates={idp_rotates}");
+        let refreshed: Value = answer.json().await.unwrap();
+        let access2 = refreshed["access_token"].as_str().unwrap();
+        let refresh2 = refreshed["refresh_token"].as_str().unwrap();
+        assert_ne!(
+            refresh2, refresh1,
+            "mxidp rotates, idp_rotates={idp_rotates}"
+        );
+        let (_, idp_refresh2) = env.idp_tokens(refresh2).await;
+        assert_eq!(
+            idp_refresh1 == idp_refresh2,
+            !idp_rotates,
+            "the IdP's own refresh token changes only when the IdP rotates"
+        );
+        assert_eq!(env.introspect(access2).await["active"], true);
+
+        // The rotated token again: refused, and the whole session ends (MSC2964).
+        let reused = refresh(&env, &r.client_id, refresh1).await;
+        assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            reused.json::<Value>().await.unwrap()["error"],
+            "invalid_grant"
+        );
+        assert_eq!(env.introspect(access2).await, json!({"active": false}));
+        let after = refresh(&env, &r.client_id, refresh2).await;
+        assert_eq!(after.status(), StatusCode::BAD_REQUEST);
+        env.settle().await;
+        assert!(
+            env.hs.devices(&alice()).is_empty(),
+            "idp_rotates={idp_rotates}"
+        );
+        let revoked: Vec<String> = env
+            .idp
+            .revoked_tokens()
+            .into_iter()
+            .map(|t| t.token)
+            .collect();
+        assert_eq!(
+            revoked,
+            [idp_refresh2.unwrap()],
+            "the IdP's grant is ended too"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_the_refresh_grant_gets_no_refresh_token_and_unauthorized_client() {
+    let env = env().await;
+    let registered = env
+        .register(json!({
+            "client_name": "Bot", "client_uri": "https://client.example.org/",
+            "redirect_uris": ["https://client.example.org/cb"], "application_type": "web",
+            "grant_types": ["authorization_code"], "token_endpoint_auth_method": "none"
+        }))
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let client_id = registered.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut r = env.request("DEVICE000102").await;
+    r.client_id = client_id;
+    let tokens = env.tokens(&r).await;
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+    let token_requests = env.idp.token_requests().len();
+
+    // Whatever token it presents: the grant is not the client's.
+    let other = env.tokens(&env.request("DEVICE000103").await).await;
+    let answer = refresh(&env, &r.client_id, other["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+    assert_eq!(
+        env.idp.token_requests().len(),
+        token_requests + 1,
+        "only the second sign-in reached the IdP: no refresh was attempted"
+    );
+    assert_eq!(
+        env.introspect(other["access_token"].as_str().unwrap())
+            .await["active"],
+        true
+    );
+
+    // An unregistered client is no client at all.
+    let unknown = refresh(
+        &env,
+        "no-such-client",
+        other["refresh_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unknown.json::<Value>().await.unwrap()["error"],
+        "invalid_client"
+    );
+}
+
+#[tokio::test]
+async fn tokens_that_are_not_mxidps_are_refused_without_a_lookup() {
+    let env = env().await;
+    let r = env.request("DEVICE000104").await;
+    let tokens = env.tokens(&r).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    // One character changed: the checksum fails, so the answer needs no store.
+    let mut typo = access.to_owned();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(env.introspect(&typo).await, json!({"active": false}));
+    let (idp_access, idp_refresh) = env.idp_tokens(access).await;
+    assert_eq!(env.introspect(&idp_access).await, json!({"active": false}));
+    // The IdP's refresh token is no use at mxidp either, and ends nothing.
+    let answer = refresh(&env, &r.client_id, &idp_refresh.unwrap()).await;
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    // A refresh token is not an access token.
+    assert_eq!(
+        env.introspect(refresh_token).await,
+        json!({"active": false})
+    );
+    assert_eq!(env.introspect(access).await["active"], true);
+}
+
+#[tokio::test]
+async fn switching_the_provider_adapter_keeps_users_on_their_accounts() {
+    let env = env().await;
+    env.tokens(&env.request("DEVICE000105").await).await;
+    let upstream_id = env.app.mapping.upstream_id.clone();
+    assert_eq!(
+        upstream_id,
+        env.idp
+            .issuer()
+            .split_once("://")
+            .unwrap()
+            .1
+            .trim_end_matches('/')
+    );
+    // Same store, another adapter name: identities are keyed on the upstream id.
+    struct Renamed;
+    #[async_trait::async_trait]
+    impl crate::provider::Provider for Renamed {
+        fn name(&self) -> &'static str {
+            "keycloak"
+        }
+    }
+    let config = load_config(&config_toml(&env.base, &env.idp, ""));
+    let app2 = crate::server::assemble(
+        &config,
+        env.app.store.clone(),
+        Arc::new(env.hs.clone()),
+        Arc::new(Renamed),
+    )
+    .unwrap();
+    assert_eq!(app2.mapping.upstream_id, upstream_id);
+    let identity = app2
+        .store
+        .identity_by_subject(&app2.mapping.upstream_id, "alice-sub")
+        .await
+        .unwrap()
+        .expect("alice keeps her identity");
+    assert_eq!(identity.localpart, alice());
+}
+
+#[tokio::test]
+async fn identities_keyed_on_an_adapter_name_move_to_the_upstream_id() {
+    let env = env().await;
+    let now = crate::ids::now_unix();
+    env.app
+        .store
+        .add_identity(&crate::store::Identity {
+            provider: "generic".into(),
+            subject: "old-sub".into(),
+            localpart: Localpart::parse("olduser").unwrap(),
+            created_at: now,
+            deleted_at: None,
+        })
+        .await
+        .unwrap();
+    let config = load_config(&config_toml(&env.base, &env.idp, ""));
+    let moved = crate::server::adopt_upstream_id(env.app.store.as_ref(), &config)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    // A returning user signs in to the same account.
+    env.idp
+        .set_next_login(json!({"sub": "old-sub", "preferred_username": "someone-else"}));
+    let tokens = env.tokens(&env.request("DEVICE000106").await).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["username"],
+        "olduser"
+    );
+    assert_eq!(
+        crate::server::adopt_upstream_id(env.app.store.as_ref(), &config)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
 }

@@ -1,6 +1,7 @@
-//! `POST /oauth2/token`: `authorization_code` (single use, PKCE S256) and `refresh_token`
-//! (refresh at the IdP with mxidp's credentials, rotation). The client receives the IdP's own
-//! tokens; mxidp records their hashes against the session (DESIGN §2, §4).
+//! `POST /oauth2/token`: `authorization_code` (single use, PKCE S256) and `refresh_token`.
+//! The client receives mxidp's own tokens; the IdP's stay sealed in the session
+//! (docs/token-model.md). A refresh refreshes at the IdP with mxidp's credentials and rotates
+//! mxidp's refresh token every time, whatever the IdP does.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,12 +14,15 @@ use super::authorize::pkce_s256;
 use super::{internal, oauth_error, App, AppState};
 use crate::cache::ActiveToken;
 use crate::ids::{now_unix, random_token, TokenHash};
-use crate::registration::ClientMetadata;
+use crate::registration::{ClientMetadata, GrantType};
 use crate::scope::MatrixScope;
 use crate::secret::{constant_time_eq, SecretString};
-use crate::sessions::end_session;
-use crate::store::{CodeRedemption, Session, SessionState, StoreError, TokenKind, TokenRecord};
-use crate::upstream::UpstreamError;
+use crate::sessions::{end_session, EndCause};
+use crate::store::{
+    CodeRedemption, Rotation, Session, SessionState, StoreError, TokenKind, TokenRecord,
+};
+use crate::tokens;
+use crate::upstream::{TokenTypeHint, UpstreamError};
 
 // No Debug: it holds secrets (codes, verifiers, tokens) that must never reach a log.
 #[derive(Deserialize)]
@@ -34,7 +38,10 @@ pub struct TokenForm {
 #[derive(Debug)]
 pub enum RouteError {
     InvalidRequest(String),
+    InvalidClient,
     InvalidGrant(String),
+    /// The client did not register this grant type (RFC 6749 §5.2).
+    UnauthorizedClient(&'static str),
     UnsupportedGrantType,
     Unavailable(String),
     Internal(String),
@@ -47,6 +54,16 @@ impl IntoResponse for RouteError {
                 oauth_error(StatusCode::BAD_REQUEST, "invalid_request", m)
             }
             RouteError::InvalidGrant(m) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", m),
+            RouteError::InvalidClient => oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "the client is not registered",
+            ),
+            RouteError::UnauthorizedClient(grant) => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                format!("the client did not register the {grant} grant type"),
+            ),
             RouteError::UnsupportedGrantType => oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -89,10 +106,66 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, RouteE
         .ok_or_else(|| RouteError::InvalidRequest(format!("{name} is missing")))
 }
 
+/// The IdP's tokens as the callback sealed them into the pending authorization.
 #[derive(Deserialize)]
 struct SealedTokens {
     access_token: String,
     refresh_token: Option<String>,
+}
+
+/// The registered client, typed; `invalid_client` when there is none.
+async fn registered_client(app: &AppState, client_id: &str) -> Result<ClientMetadata, RouteError> {
+    let client = app
+        .store
+        .client(client_id)
+        .await
+        .map_err(store_error("load client"))?
+        .ok_or(RouteError::InvalidClient)?;
+    serde_json::from_value(client.metadata)
+        .map_err(|e| RouteError::Internal(internal("stored client metadata", &e)))
+}
+
+/// A pair of new Matrix tokens for a session, with the records the store keeps of them.
+struct IssuedTokens {
+    access: SecretString,
+    refresh: Option<SecretString>,
+    records: Vec<TokenRecord>,
+}
+
+impl IssuedTokens {
+    /// The access token expires with the IdP's (never later); the refresh token has no expiry
+    /// of its own: it lives as long as the IdP keeps refreshing.
+    fn new(session_id: &str, now: i64, expires_in: i64, with_refresh: bool) -> Self {
+        let access = tokens::issue(TokenKind::Access);
+        let refresh = with_refresh.then(|| tokens::issue(TokenKind::Refresh));
+        let mut records = vec![TokenRecord {
+            hash: TokenHash::of(access.expose()),
+            session_id: session_id.to_owned(),
+            kind: TokenKind::Access,
+            expires_at: Some(now + expires_in),
+            issued_at: now,
+            rotated_at: None,
+        }];
+        if let Some(refresh) = &refresh {
+            records.push(TokenRecord {
+                hash: TokenHash::of(refresh.expose()),
+                session_id: session_id.to_owned(),
+                kind: TokenKind::Refresh,
+                expires_at: None,
+                issued_at: now,
+                rotated_at: None,
+            });
+        }
+        Self {
+            access,
+            refresh,
+            records,
+        }
+    }
+
+    fn access_record(&self) -> &TokenRecord {
+        &self.records[0]
+    }
 }
 
 async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
@@ -120,7 +193,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
                     .await
                     .map_err(store_error("load session"))?
                 {
-                    end_session(app, &session, "authorization code replayed")
+                    end_session(app, &session, EndCause::CodeReplayed)
                         .await
                         .map_err(store_error("end session"))?;
                 }
@@ -154,11 +227,12 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
             "code_verifier does not match the code_challenge".into(),
         ));
     }
+    let client = registered_client(app, client_id).await?;
     let login = pending
         .login
         .as_ref()
         .ok_or_else(|| RouteError::InvalidGrant("the sign-in is not complete".into()))?;
-    let sealed: SealedTokens = app
+    let upstream_tokens: SealedTokens = app
         .sealer
         .open(&login.sealed_tokens)
         .ok()
@@ -171,9 +245,19 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         .access_expires_in
         .map(lifetime_seconds)
         .unwrap_or(app.lifetimes.default_access_token);
+    let session_id = random_token(16);
+    // No Matrix refresh token without an IdP one to refresh with, nor for a client that did
+    // not register the grant (RFC 6749 §1.5, RFC 7591 §2).
+    let issued = IssuedTokens::new(
+        &session_id,
+        now,
+        expires_in,
+        upstream_tokens.refresh_token.is_some()
+            && client.grant_types.contains(&GrantType::RefreshToken),
+    );
     let session = Session {
-        id: random_token(16),
-        provider: app.mapping.provider_name.clone(),
+        id: session_id,
+        provider: app.mapping.upstream_id.clone(),
         subject: login.subject.clone(),
         localpart: login.localpart.clone(),
         device_id: pending.device_id.clone(),
@@ -184,52 +268,33 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         // it, and only for a user the admin policy allows.
         admin: login.admin && scope.admin_requested(),
         state: SessionState::Active,
-        sealed_refresh_token: sealed
+        sealed_refresh_token: upstream_tokens
             .refresh_token
             .as_deref()
             .map(|t| app.sealer.seal_str(t)),
+        sealed_access_token: Some(app.sealer.seal_str(&upstream_tokens.access_token)),
         created_at: now,
         ended_at: None,
         end_reason: None,
     };
-    let mut tokens = vec![TokenRecord {
-        hash: TokenHash::of(&sealed.access_token),
-        session_id: session.id.clone(),
-        kind: TokenKind::Access,
-        expires_at: Some(now + expires_in),
-        issued_at: now,
-        rotated_at: None,
-    }];
-    if let Some(refresh) = &sealed.refresh_token {
-        tokens.push(TokenRecord {
-            hash: TokenHash::of(refresh),
-            session_id: session.id.clone(),
-            kind: TokenKind::Refresh,
-            expires_at: None,
-            issued_at: now,
-            rotated_at: None,
-        });
-    }
     app.store
-        .add_session(&session, &tokens)
+        .add_session(&session, &issued.records)
         .await
         .map_err(store_error("add session"))?;
     // The device must exist before the client's first request, or Synapse answers 401. It is
     // created after the session is stored, so that a concurrent device sync (which keeps the
     // devices of active sessions) never removes it.
-    if let Err(e) = upsert_device(app, &pending.client_id, login, &pending.device_id).await {
-        let _ = app
-            .store
-            .end_session(&session.id, "homeserver unreachable at sign-in", now)
-            .await;
+    if let Err(e) = upsert_device(app, &client, login, &pending.device_id).await {
+        // Nobody will get these tokens: end the session durably, which also revokes the IdP's.
+        let _ = end_session(app, &session, EndCause::SigninFailed).await;
         return Err(e);
     }
     // The cache holds every active access token (see crate::cache).
     app.cache
         .insert_checked(
             app.store.as_ref(),
-            tokens[0].hash,
-            ActiveToken::new(&tokens[0], &session),
+            issued.access_record().hash,
+            ActiveToken::new(issued.access_record(), &session),
         )
         .await
         .map_err(store_error("cache token"))?;
@@ -248,7 +313,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
             outcome: "ok".into(),
             correlation_id: session.id.clone(),
             details: serde_json::json!({
-                "provider": session.provider,
+                "upstream": session.provider,
                 "subject": session.subject,
                 "localpart": session.localpart.as_str(),
                 "device_id": session.device_id.as_str(),
@@ -260,8 +325,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     )
     .await;
     Ok(token_response(
-        &SecretString::new(sealed.access_token),
-        sealed.refresh_token.map(SecretString::new).as_ref(),
+        &issued,
         expires_in,
         &scope.granted_string(login.admin),
     ))
@@ -270,6 +334,17 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
 async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
     let presented = required(&form.refresh_token, "refresh_token")?;
     let client_id = required(&form.client_id, "client_id")?;
+    // RFC 6749 §6: the client first, then its right to the grant, then the token.
+    let client = registered_client(app, client_id).await?;
+    if !client.grant_types.contains(&GrantType::RefreshToken) {
+        return Err(RouteError::UnauthorizedClient("refresh_token"));
+    }
+    // A token mxidp did not issue (the IdP's, a typo, a truncation) needs no lookup.
+    if tokens::recognise(presented) != Some(TokenKind::Refresh) {
+        return Err(RouteError::InvalidGrant(
+            "the refresh token is not one of this server's".into(),
+        ));
+    }
     let now = now_unix();
     let hash = TokenHash::of(presented);
     let Some((token, session)) = app
@@ -295,22 +370,27 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
     if token.rotated_at.is_some() {
         // MSC2964: reuse of a rotated refresh token means it leaked; end the session.
         tracing::warn!(session = %session.id, "rotated refresh token presented again; ending the session");
-        end_session(app, &session, "refresh token reused")
+        end_session(app, &session, EndCause::RefreshReused)
             .await
             .map_err(store_error("end session"))?;
         return Err(RouteError::InvalidGrant(
             "the refresh token has been used already".into(),
         ));
     }
+    let idp_refresh = session
+        .sealed_refresh_token
+        .as_deref()
+        .and_then(|sealed| app.sealer.open_secret(sealed).ok())
+        .ok_or_else(|| RouteError::InvalidGrant("the session cannot be refreshed".into()))?;
     let upstream = app.upstream.get().ok_or_else(|| {
         RouteError::Unavailable("the identity provider is not reachable yet".into())
     })?;
-    let fresh = match upstream.refresh(presented).await {
+    let fresh = match upstream.refresh(idp_refresh.expose()).await {
         Ok(tokens) => tokens,
         Err(UpstreamError::InvalidGrant(reason)) => {
             // The IdP ended the session (logout, disabled user, expiry): end it here too.
             tracing::info!(session = %session.id, %reason, "the IdP refused the refresh");
-            end_session(app, &session, "IdP refused refresh")
+            end_session(app, &session, EndCause::IdpRefusedRefresh)
                 .await
                 .map_err(store_error("end session"))?;
             return Err(RouteError::InvalidGrant(
@@ -328,75 +408,56 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
         .expires_in
         .map(lifetime_seconds)
         .unwrap_or(app.lifetimes.default_access_token);
-    // An IdP that does not rotate refresh tokens returns none: the client keeps its own.
-    let new_refresh = fresh
+    // An IdP that does not rotate returns no refresh token, or the same one: keep the sealed
+    // one. mxidp's own refresh token rotates either way.
+    let idp_rotated = fresh
         .refresh_token
-        .clone()
-        .filter(|r| TokenHash::of(r.expose()) != hash);
-    let mut tokens = vec![TokenRecord {
-        hash: TokenHash::of(fresh.access_token.expose()),
-        session_id: session.id.clone(),
-        kind: TokenKind::Access,
-        expires_at: Some(now + expires_in),
-        issued_at: now,
-        rotated_at: None,
-    }];
-    if let Some(r) = &new_refresh {
-        tokens.push(TokenRecord {
-            hash: TokenHash::of(r.expose()),
-            session_id: session.id.clone(),
-            kind: TokenKind::Refresh,
-            expires_at: None,
-            issued_at: now,
-            rotated_at: None,
-        });
-    }
-    let sealed = new_refresh
         .as_ref()
-        .map(|r| app.sealer.seal_str(r.expose()));
-    let evicted = app
+        .filter(|r| r.expose() != idp_refresh.expose());
+    let sealed_refresh = idp_rotated.map(|r| app.sealer.seal_str(r.expose()));
+    let sealed_access = app.sealer.seal_str(fresh.access_token.expose());
+    let issued = IssuedTokens::new(&session.id, now, expires_in, true);
+    let rotated = app
         .store
-        .rotate_tokens(
-            &session.id,
-            new_refresh.as_ref().map(|_| hash),
-            &tokens,
-            sealed.as_deref(),
+        .rotate_tokens(&Rotation {
+            session_id: &session.id,
+            old_refresh: hash,
+            new_tokens: &issued.records,
+            sealed_refresh_token: sealed_refresh.as_deref(),
+            sealed_access_token: &sealed_access,
             now,
-        )
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict => RouteError::InvalidGrant(
-                "the refresh token has been used already, or the session ended".into(),
-            ),
-            e => RouteError::Internal(internal("rotate tokens", &e)),
-        });
-    let evicted = match evicted {
+        })
+        .await;
+    let evicted = match rotated {
         Ok(evicted) => evicted,
         Err(e) => {
-            // The IdP issued tokens nobody will get: hand them back.
-            if let Some(r) = &fresh.refresh_token {
+            // The IdP issued a new grant nobody will use: hand it back.
+            if let Some(r) = idp_rotated {
                 let _ = upstream
-                    .revoke(r.expose(), crate::upstream::TokenTypeHint::RefreshToken)
+                    .revoke(r.expose(), TokenTypeHint::RefreshToken)
                     .await;
             }
-            return Err(e);
+            return Err(match e {
+                StoreError::Conflict => RouteError::InvalidGrant(
+                    "the refresh token has been used already, or the session ended".into(),
+                ),
+                e => RouteError::Internal(internal("rotate tokens", &e)),
+            });
         }
     };
     app.cache.remove(&evicted);
     app.cache
         .insert_checked(
             app.store.as_ref(),
-            tokens[0].hash,
-            ActiveToken::new(&tokens[0], &session),
+            issued.access_record().hash,
+            ActiveToken::new(issued.access_record(), &session),
         )
         .await
         .map_err(store_error("cache token"))?;
     let scope = MatrixScope::parse(&session.scope)
         .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
-    let refresh_out = new_refresh.unwrap_or_else(|| SecretString::new(presented));
     Ok(token_response(
-        &fresh.access_token,
-        Some(&refresh_out),
+        &issued,
         expires_in,
         &scope.granted_string(session.admin),
     ))
@@ -404,44 +465,29 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
 
 async fn upsert_device(
     app: &AppState,
-    client_id: &str,
+    client: &ClientMetadata,
     login: &crate::store::UpstreamLogin,
     device_id: &crate::ids::DeviceId,
 ) -> Result<(), RouteError> {
-    let client = app
-        .store
-        .client(client_id)
-        .await
-        .map_err(store_error("load client"))?;
-    let device_name = client
-        .and_then(|c| serde_json::from_value::<ClientMetadata>(c.metadata).ok())
-        .and_then(|m| m.client_name);
     app.homeserver
-        .upsert_device(&login.localpart, device_id, device_name.as_deref())
+        .upsert_device(&login.localpart, device_id, client.client_name.as_deref())
         .await
         .map_err(|e| {
             RouteError::Unavailable(format!(
                 "the homeserver is not reachable ({})",
                 internal("upsert device", &e)
             ))
-        })?;
-
-    Ok(())
+        })
 }
 
-fn token_response(
-    access: &SecretString,
-    refresh: Option<&SecretString>,
-    expires_in: i64,
-    scope: &str,
-) -> Response {
+fn token_response(issued: &IssuedTokens, expires_in: i64, scope: &str) -> Response {
     let mut body = json!({
-        "access_token": access.expose(),
+        "access_token": issued.access.expose(),
         "token_type": "Bearer",
         "expires_in": expires_in,
         "scope": scope,
     });
-    if let Some(refresh) = refresh {
+    if let Some(refresh) = &issued.refresh {
         body["refresh_token"] = json!(refresh.expose());
     }
     let mut response = (StatusCode::OK, Json(body)).into_response();

@@ -173,7 +173,7 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
             // tokens left either.
             match app
                 .store
-                .identity_by_subject(&app.mapping.provider_name, &subject)
+                .identity_by_subject(&app.mapping.upstream_id, &subject)
                 .await
                 .map_err(internal)?
             {
@@ -339,7 +339,7 @@ mod tests {
         env.add_identity("gone", "gone", Some("gone@example.com"))
             .await;
         env.store
-            .tombstone_identity(&env.app.mapping.provider_name, "gone", 1)
+            .tombstone_identity(&env.app.mapping.upstream_id, "gone", 1)
             .await
             .unwrap();
         for (what, body) in [

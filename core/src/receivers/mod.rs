@@ -375,7 +375,7 @@ pub(crate) async fn resolve_subject(
         SubjectId::Email(email) => {
             match app
                 .store
-                .identity_by_email(&app.mapping.provider_name, email)
+                .identity_by_email(&app.mapping.upstream_id, email)
                 .await?
             {
                 Some(identity) => Resolved::Subject(identity.subject),
@@ -576,7 +576,7 @@ mod tests {
     #[tokio::test]
     async fn identities_are_found_by_email_without_case_unless_ambiguous_or_deleted() {
         let env = Env::start().await;
-        let provider = env.app.mapping.provider_name.clone();
+        let provider = env.app.mapping.upstream_id.clone();
         env.add_identity("sub-1", "alice", Some("Alice@Example.org"))
             .await;
         let found = env
@@ -627,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn sign_in_records_the_verified_email_only() {
         let env = Env::start().await;
-        let provider = env.app.mapping.provider_name.clone();
+        let provider = env.app.mapping.upstream_id.clone();
         let sign_in = |claims: serde_json::Value| {
             let app = env.app.clone();
             async move {

@@ -148,7 +148,7 @@ client_secret = "unused-here"
 
     /// Links a subject to a localpart, as a first sign-in would, with its verified e-mail.
     pub async fn add_identity(&self, subject: &str, localpart: &str, email: Option<&str>) {
-        let provider = &self.app.mapping.provider_name;
+        let provider = &self.app.mapping.upstream_id;
         self.store
             .add_identity(&Identity {
                 provider: provider.clone(),

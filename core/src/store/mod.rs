@@ -123,7 +123,7 @@ pub struct UpstreamLogin {
     pub localpart: Localpart,
     pub idp_sid: Option<String>,
     pub admin: bool,
-    /// The IdP's tokens, sealed with the store key: handed to the client at `/token`.
+    /// The IdP's tokens, sealed with the store key: kept in the session that `/token` creates.
     pub sealed_tokens: String,
     pub access_expires_in: Option<u64>,
     /// Profile to sync to the homeserver once the user consents.
@@ -162,8 +162,12 @@ pub struct Session {
     pub scope: String,
     pub admin: bool,
     pub state: SessionState,
-    /// The upstream refresh token, sealed; used to end the session at the IdP.
+    /// The IdP's refresh token, sealed: refreshed when the client refreshes, revoked when the
+    /// session ends. Kept after the session ended until the IdP revocation is done.
     pub sealed_refresh_token: Option<String>,
+    /// The IdP's access token paired with the current Matrix access token, sealed: what
+    /// re-validation checks at the IdP. It never leaves mxidp.
+    pub sealed_access_token: Option<String>,
     pub created_at: i64,
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
@@ -196,6 +200,20 @@ pub struct TokenRecord {
     /// Set when a refresh rotated it out. Presenting a rotated refresh token again is treated
     /// as theft (MSC2964) and ends the session.
     pub rotated_at: Option<i64>,
+}
+
+/// One refresh, as [`Store::rotate_tokens`] records it.
+pub struct Rotation<'a> {
+    pub session_id: &'a str,
+    /// The Matrix refresh token the client presented: rotated out, every time.
+    pub old_refresh: TokenHash,
+    pub new_tokens: &'a [TokenRecord],
+    /// The IdP's new refresh token, sealed; `None` keeps the current one (an IdP that does not
+    /// rotate).
+    pub sealed_refresh_token: Option<&'a str>,
+    /// The IdP's new access token, sealed.
+    pub sealed_access_token: &'a str,
+    pub now: i64,
 }
 
 /// What redeeming an authorization code found.
@@ -294,28 +312,28 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         &self,
         now: i64,
     ) -> Result<Vec<(TokenRecord, Session)>, StoreError>;
-    /// Refresh: marks the session's access tokens and `old_refresh` (when the IdP rotated it)
-    /// rotated, adds the new tokens and replaces the sealed refresh token. Returns the hashes of
-    /// the rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when
+    /// Refresh: marks the session's access tokens and `old_refresh` rotated, adds the new
+    /// tokens and replaces the sealed IdP tokens, in one transaction. Returns the hashes of the
+    /// rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when
     /// `old_refresh` was already rotated (a race or a replay) or the session has ended.
-    async fn rotate_tokens(
-        &self,
-        session_id: &str,
-        old_refresh: Option<TokenHash>,
-        new_tokens: &[TokenRecord],
-        sealed_refresh_token: Option<&str>,
-        now: i64,
-    ) -> Result<Vec<TokenHash>, StoreError>;
+    async fn rotate_tokens(&self, rotation: &Rotation<'_>) -> Result<Vec<TokenHash>, StoreError>;
     /// Ends a session; returns the hashes of its tokens (to evict from caches) when it was active,
-    /// `None` when it had ended already.
+    /// `None` when it had ended already. The sealed IdP tokens stay until
+    /// [`Store::forget_upstream_tokens`]: ending at the IdP may happen later, after a restart.
     async fn end_session(
         &self,
         id: &str,
         reason: &str,
         now: i64,
     ) -> Result<Option<Vec<TokenHash>>, StoreError>;
+    /// Drops an ended session's sealed IdP tokens, once they were revoked at the IdP.
+    async fn forget_upstream_tokens(&self, id: &str) -> Result<(), StoreError>;
     /// Devices of the user's sessions that are still active.
     async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError>;
+
+    /// Moves identities and sessions recorded under an adapter's code name (how mxidp keyed
+    /// them before `upstream.id`) to the upstream id; returns how many identities moved.
+    async fn adopt_upstream_id(&self, id: &str, legacy_names: &[&str]) -> Result<u64, StoreError>;
 
     /// A setting of mxidp's own, by name.
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;

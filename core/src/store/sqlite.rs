@@ -84,6 +84,7 @@ fn session_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError
             SessionState::Ended
         },
         sealed_refresh_token: row.try_get("sealed_refresh_token")?,
+        sealed_access_token: row.try_get("sealed_access_token")?,
         created_at: row.try_get("created_at")?,
         ended_at: row.try_get("ended_at")?,
         end_reason: row.try_get("end_reason")?,
@@ -120,8 +121,8 @@ async fn insert_tokens(
 /// A token with its session; `token_from_row` reads it.
 const TOKEN_SELECT: &str = "SELECT t.hash AS t_hash, t.kind, t.expires_at AS t_expires_at, t.issued_at AS t_issued_at, \
      t.rotated_at AS t_rotated_at, s.id, s.provider, s.subject, s.localpart, s.device_id, s.client_id, s.idp_sid, \
-     s.scope, s.admin, s.active, s.sealed_refresh_token, s.created_at, s.ended_at, s.end_reason \
-     FROM tokens t JOIN sessions s ON s.id = t.session_id";
+     s.scope, s.admin, s.active, s.sealed_refresh_token, s.sealed_access_token, s.created_at, s.ended_at, \
+     s.end_reason FROM tokens t JOIN sessions s ON s.id = t.session_id";
 
 fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(TokenRecord, Session), StoreError> {
     let session = session_from_row(row)?;
@@ -145,7 +146,8 @@ fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(TokenRecord, Session
 
 const SESSION_COLUMNS: &str =
     "s.id, s.provider, s.subject, s.localpart, s.device_id, s.client_id, s.idp_sid, s.scope, \
-     s.admin, s.active, s.sealed_refresh_token, s.created_at, s.ended_at, s.end_reason";
+     s.admin, s.active, s.sealed_refresh_token, s.sealed_access_token, s.created_at, s.ended_at, \
+     s.end_reason";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -393,7 +395,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, provider, subject, localpart, device_id, client_id, idp_sid, scope, admin, active, \
-             sealed_refresh_token, created_at, ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sealed_refresh_token, sealed_access_token, created_at, ended_at, end_reason) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
         .bind(&s.provider)
@@ -406,6 +409,7 @@ impl Store for SqliteStore {
         .bind(s.admin as i64)
         .bind((s.state == SessionState::Active) as i64)
         .bind(&s.sealed_refresh_token)
+        .bind(&s.sealed_access_token)
         .bind(s.created_at)
         .bind(s.ended_at)
         .bind(&s.end_reason)
@@ -448,53 +452,46 @@ impl Store for SqliteStore {
         rows.iter().map(token_from_row).collect()
     }
 
-    async fn rotate_tokens(
-        &self,
-        session_id: &str,
-        old_refresh: Option<TokenHash>,
-        new_tokens: &[TokenRecord],
-        sealed_refresh_token: Option<&str>,
-        now: i64,
-    ) -> Result<Vec<TokenHash>, StoreError> {
+    async fn rotate_tokens(&self, r: &Rotation<'_>) -> Result<Vec<TokenHash>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // A session that ended while the IdP was refreshing (a logout, an event) gets no new
         // tokens: checked inside the transaction that would add them.
         let active: Option<i64> = sqlx::query_scalar("SELECT active FROM sessions WHERE id = ?")
-            .bind(session_id)
+            .bind(r.session_id)
             .fetch_optional(&mut *tx)
             .await?;
         if active != Some(1) {
             return Err(StoreError::Conflict);
         }
-        if let Some(old_refresh) = old_refresh {
-            let rotated = sqlx::query(
-                "UPDATE tokens SET rotated_at = ? WHERE hash = ? AND session_id = ? AND kind = 'refresh' AND rotated_at IS NULL",
-            )
-            .bind(now)
-            .bind(old_refresh.to_hex())
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?;
-            if rotated.rows_affected() != 1 {
-                return Err(StoreError::Conflict);
-            }
+        let rotated = sqlx::query(
+            "UPDATE tokens SET rotated_at = ? WHERE hash = ? AND session_id = ? AND kind = 'refresh' AND rotated_at IS NULL",
+        )
+        .bind(r.now)
+        .bind(r.old_refresh.to_hex())
+        .bind(r.session_id)
+        .execute(&mut *tx)
+        .await?;
+        if rotated.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
         }
         // The old access tokens die with the refresh: the client got a new one.
         let evicted: Vec<String> = sqlx::query_scalar(
             "UPDATE tokens SET rotated_at = ? WHERE session_id = ? AND kind = 'access' AND rotated_at IS NULL RETURNING hash",
         )
-        .bind(now)
-        .bind(session_id)
+        .bind(r.now)
+        .bind(r.session_id)
         .fetch_all(&mut *tx)
         .await?;
-        insert_tokens(&mut tx, new_tokens).await?;
-        if let Some(sealed) = sealed_refresh_token {
-            sqlx::query("UPDATE sessions SET sealed_refresh_token = ? WHERE id = ?")
-                .bind(sealed)
-                .bind(session_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_tokens(&mut tx, r.new_tokens).await?;
+        sqlx::query(
+            "UPDATE sessions SET sealed_access_token = ?, \
+             sealed_refresh_token = COALESCE(?, sealed_refresh_token) WHERE id = ?",
+        )
+        .bind(r.sealed_access_token)
+        .bind(r.sealed_refresh_token)
+        .bind(r.session_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(evicted
             .iter()
@@ -510,7 +507,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<Vec<TokenHash>>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let ended = sqlx::query(
-            "UPDATE sessions SET active = 0, ended_at = ?, end_reason = ?, sealed_refresh_token = NULL WHERE id = ? AND active = 1",
+            "UPDATE sessions SET active = 0, ended_at = ?, end_reason = ? WHERE id = ? AND active = 1",
         )
         .bind(now)
         .bind(reason)
@@ -533,6 +530,37 @@ impl Store for SqliteStore {
                 .filter_map(|h| TokenHash::from_hex(h))
                 .collect(),
         ))
+    }
+
+    async fn adopt_upstream_id(&self, id: &str, legacy_names: &[&str]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut moved = 0;
+        for name in legacy_names.iter().filter(|n| **n != id) {
+            moved += sqlx::query("UPDATE identities SET provider = ? WHERE provider = ?")
+                .bind(id)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE sessions SET provider = ? WHERE provider = ?")
+                .bind(id)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn forget_upstream_tokens(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET sealed_refresh_token = NULL, sealed_access_token = NULL \
+             WHERE id = ? AND active = 0",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError> {

@@ -213,6 +213,9 @@ struct IdpState {
     refresh_tokens: HashMap<String, Map<String, Value>>,
     revoked: Vec<RevokedToken>,
     fail_refresh: bool,
+    /// Keep the refresh token on refresh, as oidc-provider and Keycloak do by default for a
+    /// confidential client (the answer carries the same refresh token again).
+    keep_refresh_tokens: bool,
     /// Tokens `/introspect` calls inactive although they were issued and not revoked.
     introspection_inactive: std::collections::HashSet<String>,
     fail_introspection: bool,
@@ -369,6 +372,11 @@ impl TestIdp {
     /// default is `alice`: `{"sub": "alice-sub", "preferred_username": "alice", ...}`.
     pub fn set_next_login(&self, claims: Value) {
         self.shared.lock().next_login = object(claims);
+    }
+
+    /// Whether refresh rotates the IdP's refresh token (the default) or keeps it.
+    pub fn set_refresh_rotation(&self, rotate: bool) {
+        self.shared.lock().keep_refresh_tokens = !rotate;
     }
 
     /// Makes every refresh-token grant fail with `invalid_grant` (the IdP session ended).
@@ -833,17 +841,27 @@ async fn token(
                     "Session not active",
                 );
             }
-            let Some(login) = form
-                .get("refresh_token")
-                .and_then(|rt| state.refresh_tokens.remove(rt))
-            else {
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            let found = if state.keep_refresh_tokens {
+                state.refresh_tokens.get(&presented).cloned()
+            } else {
+                state.refresh_tokens.remove(&presented)
+            };
+            let Some(login) = found else {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
                     "unknown refresh token",
                 );
             };
-            Json(idp.issue_tokens(&mut state, login, None)).into_response()
+            let mut answer = idp.issue_tokens(&mut state, login, None);
+            if state.keep_refresh_tokens {
+                if let Some(new) = answer["refresh_token"].as_str() {
+                    state.refresh_tokens.remove(new);
+                }
+                answer["refresh_token"] = json!(presented);
+            }
+            Json(answer).into_response()
         }
         _ => oauth_error(
             StatusCode::BAD_REQUEST,
