@@ -260,7 +260,7 @@ async fn create_sessions(stack: &Stack, sessions: usize, users: usize) -> Vec<St
             .expect("upsert_device");
         let session = Session {
             id: format!("bench-{i}"),
-            provider: "generic".into(),
+            provider: app.mapping.upstream_id.clone(),
             subject: format!("sub-bench{u}"),
             localpart,
             device_id: device,
@@ -270,11 +270,14 @@ async fn create_sessions(stack: &Stack, sessions: usize, users: usize) -> Vec<St
             admin: false,
             state: SessionState::Active,
             sealed_refresh_token: None,
+            sealed_access_token: None,
             created_at: now,
             ended_at: None,
             end_reason: None,
         };
-        let token = format!("bench-token-{i}");
+        let token = mxidp_core::tokens::issue(TokenKind::Access)
+            .expose()
+            .to_owned();
         let record = TokenRecord {
             hash: TokenHash::of(&token),
             session_id: session.id.clone(),

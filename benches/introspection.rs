@@ -63,8 +63,11 @@ enum Tokens {
     Fixed(Arc<String>),
     /// A random one of the stored tokens per request.
     Random(Arc<Vec<String>>),
-    /// A fresh unknown token per request (always a cache miss, then a store miss).
+    /// A fresh well-formed mxidp token per request that was never issued (always a cache miss,
+    /// then a store miss while the cache is incomplete).
     Unknown,
+    /// A token mxidp did not issue (an IdP's JWT, a typo): refused by its format alone.
+    Foreign,
 }
 
 impl Tokens {
@@ -72,7 +75,8 @@ impl Tokens {
         match self {
             Tokens::Fixed(t) => t.as_str().to_owned(),
             Tokens::Random(all) => all[rng.gen_range(0..all.len())].clone(),
-            Tokens::Unknown => random_token(32),
+            Tokens::Unknown => new_token(),
+            Tokens::Foreign => random_token(32),
         }
     }
 }
@@ -198,13 +202,20 @@ async fn run(scenario: &Scenario, concurrency: usize, seconds: Duration) -> Outc
     }
 }
 
+/// A Matrix access token in mxidp's own format.
+fn new_token() -> String {
+    mxidp_core::tokens::issue(TokenKind::Access)
+        .expose()
+        .to_owned()
+}
+
 async fn fill(store: &SqliteStore, count: usize) -> Vec<String> {
     let now = now_unix();
     let started = Instant::now();
     let mut tokens = Vec::with_capacity(count);
     for batch in 0..count.div_ceil(BATCH) {
         for i in batch * BATCH..((batch + 1) * BATCH).min(count) {
-            let token = random_token(32);
+            let token = new_token();
             let device = DeviceId::parse(&format!("BENCHDEV{i:08}")).expect("device id");
             let session = Session {
                 id: format!("session-{i}"),
@@ -218,6 +229,7 @@ async fn fill(store: &SqliteStore, count: usize) -> Vec<String> {
                 admin: false,
                 state: SessionState::Active,
                 sealed_refresh_token: None,
+                sealed_access_token: None,
                 created_at: now,
                 ended_at: None,
                 end_reason: None,
@@ -394,6 +406,17 @@ async fn main() {
     eprintln!("running: {}", unknown.name);
     outcomes.push(run(&unknown, concurrency, seconds).await);
 
+    let foreign = Scenario {
+        name: "introspection, foreign token (not mxidp's format)",
+        addr: mxidp,
+        path: "/oauth2/introspect",
+        warm_up: Tokens::Foreign,
+        measure: Tokens::Foreign,
+        expect: "\"active\":false",
+    };
+    eprintln!("running: {}", foreign.name);
+    outcomes.push(run(&foreign, concurrency, seconds).await);
+
     // The ceiling again, to see how much the machine drifted during the run.
     let static_again = Scenario {
         name: "static axum handler (again, last)",
@@ -410,8 +433,9 @@ async fn main() {
         sessions as f64 / fill_secs,
         100.0 * cached_after_cold as f64 / sessions as f64,
     );
-    let ceiling = (outcomes[0].rps() + outcomes[5].rps()) / 2.0;
-    for o in &outcomes[1..5] {
+    let last = outcomes.len() - 1;
+    let ceiling = (outcomes[0].rps() + outcomes[last].rps()) / 2.0;
+    for o in &outcomes[1..last] {
         println!(
             "{:<42} {:5.1} % of the static handler (mean of its two runs)",
             o.name,

@@ -164,7 +164,7 @@ async fn a_thousand_events_survive_a_synapse_outage_and_apply_once() {
                 .unwrap();
             let session = Session {
                 id: format!("load-{u}-{d}"),
-                provider: "generic".into(),
+                provider: app.mapping.upstream_id.clone(),
                 subject: format!("sub-load{u}"),
                 localpart: localpart.clone(),
                 device_id: device,
@@ -174,11 +174,14 @@ async fn a_thousand_events_survive_a_synapse_outage_and_apply_once() {
                 admin: false,
                 state: SessionState::Active,
                 sealed_refresh_token: None,
+                sealed_access_token: None,
                 created_at: now,
                 ended_at: None,
                 end_reason: None,
             };
-            let token = format!("load-token-{u}-{d}");
+            let token = mxidp_core::tokens::issue(TokenKind::Access)
+                .expose()
+                .to_owned();
             let record = TokenRecord {
                 hash: TokenHash::of(&token),
                 session_id: session.id.clone(),

@@ -79,6 +79,7 @@ async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_resta
     let db = format!("sqlite://{}", dir.path().join("mxidp.db").display());
     let store = SqliteStore::open(&db).await.unwrap();
     let alice = Localpart::parse("alice").unwrap();
+    // Keyed on the adapter's name, as before `upstream.id`: the start moves them.
     store
         .add_identity(&Identity {
             provider: "generic".into(),
@@ -103,6 +104,7 @@ async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_resta
                 admin: false,
                 state: SessionState::Active,
                 sealed_refresh_token: None,
+                sealed_access_token: None,
                 created_at: 1,
                 ended_at: None,
                 end_reason: None,
