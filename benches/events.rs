@@ -133,7 +133,7 @@ async fn send_all(
 }
 
 /// Waits until the worker has nothing left to do (no pending or failed event).
-async fn drained(app: &mxidp_core::http::App) -> Duration {
+async fn drained(app: &mxidp_core::app::App) -> Duration {
     let started = Instant::now();
     loop {
         if app
@@ -154,7 +154,7 @@ async fn drained(app: &mxidp_core::http::App) -> Duration {
 }
 
 /// The audit records written after `after_seq`, counted by action; and the last `seq`.
-async fn audit_since(app: &mxidp_core::http::App, after_seq: i64) -> (i64, String) {
+async fn audit_since(app: &mxidp_core::app::App, after_seq: i64) -> (i64, String) {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     let mut last = after_seq;
     loop {

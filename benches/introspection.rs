@@ -21,9 +21,9 @@ use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode};
 use common::{env_or, Latencies};
 use http_body_util::{BodyExt, Full};
+use mxidp_core::app::App;
 use mxidp_core::config::Config;
 use mxidp_core::homeserver::MemoryHomeserver;
-use mxidp_core::http::App;
 use mxidp_core::ids::{now_unix, random_token, DeviceId, Localpart, TokenHash};
 use mxidp_core::provider::GenericOidc;
 use mxidp_core::store::{Session, SessionState, SqliteStore, Store, TokenKind, TokenRecord};
@@ -324,7 +324,7 @@ async fn main() {
         Arc::new(GenericOidc),
     )
     .expect("assemble");
-    let mxidp = serve(mxidp_core::http::router(app.clone())).await;
+    let mxidp = serve(mxidp_core::server::router(app.clone())).await;
     let static_router = axum::Router::new().route(
         "/",
         axum::routing::post(|_body: Bytes| async {

@@ -115,7 +115,7 @@ pub struct UpstreamConfig {
     #[serde(default = "default_algorithms", deserialize_with = "words")]
     pub allowed_algorithms: Vec<String>,
     #[serde(default)]
-    pub fetch_userinfo: bool,
+    pub fetch_userinfo: crate::upstream::UserinfoMode,
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
     #[serde(default = "default_jwks_cooldown")]
@@ -973,7 +973,10 @@ client_secret = "s3cret"
         assert_eq!(c.upstream.client_id, "00123");
         assert_eq!(c.client_secret().unwrap().expose(), "0123456789");
         assert_eq!(c.matrix.timeout_seconds, 7);
-        assert!(c.upstream.fetch_userinfo);
+        assert_eq!(
+            c.upstream.fetch_userinfo,
+            crate::upstream::UserinfoMode::Always
+        );
         assert_eq!(c.upstream.scopes, vec!["openid", "groups"]);
     }
 

@@ -86,6 +86,14 @@ impl LocalpartTemplate {
         Ok(Self { segments })
     }
 
+    /// The claim names the template reads.
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Claim(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
     /// Fills the placeholders. Strings are used as they are, numbers in their JSON form; a
     /// missing or `null` claim is an error naming it. The result is not sanitised.
     pub fn render(&self, claims: &Map<String, Value>) -> Result<String, MappingError> {

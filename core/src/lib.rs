@@ -1,14 +1,17 @@
 //! mxidp-core: the engine of mxidp. See DESIGN.md for the architecture.
 
+pub mod app;
 pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod crypto;
+pub mod error_reply;
 pub mod events;
 pub mod homeserver;
 pub mod http;
 pub mod identity;
 pub mod ids;
+pub mod outbound;
 pub mod provider;
 pub mod receivers;
 pub mod reconcile;

@@ -23,16 +23,16 @@ use std::time::Duration;
 use rand::Rng as _;
 use tokio::time::Instant;
 
+use crate::app::{App, AppState};
 use crate::audit::{self, AuditEntry};
 use crate::config::ReconciliationConfig;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
-use crate::http::{App, AppState};
 use crate::provider::UserStatus;
 use crate::store::{Session, SessionState, StoreError};
 use crate::upstream::{TokenTypeHint, Upstream};
 
 /// The `source` of the events reconciliation accepts.
-pub const SOURCE: &str = "reconciliation";
+pub const SOURCE: &str = crate::sessions::EndCause::Reconciliation.source();
 
 /// What one round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::app::App;
 use crate::cache::ActiveToken;
 use crate::config::Revalidation;
-use crate::http::App;
 use crate::ids::{now_unix, TokenHash};
 use crate::sessions::EndCause;
 use crate::store::SessionState;
@@ -35,7 +35,7 @@ use crate::upstream::{verify_jws, IdTokenError, TokenTypeHint, Upstream, Upstrea
 static UNSUPPORTED_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The `source` of the events re-validation accepts.
-pub const SOURCE: &str = "revalidation";
+pub const SOURCE: &str = crate::sessions::EndCause::Revalidation.source();
 /// Tokens this close to their expiry are not sent to the IdP.
 pub const EXPIRY_MARGIN: i64 = 30;
 /// Above this many remembered tokens, verdicts older than the cache period are dropped.

@@ -11,7 +11,13 @@ use crate::cache::IntrospectionCache;
 use crate::config::{Config, ConflictMode};
 use crate::crypto::Sealer;
 use crate::homeserver::{HomeserverConnection, SynapseConnection};
-use crate::http::{App, AppState, Lifetimes, MappingSettings, UpstreamSlot};
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::{App, AppState, Lifetimes, MappingSettings, UpstreamSlot};
+use crate::http;
 use crate::identity::{AccessPolicy, AdminPolicy, ConflictPolicy, LocalpartTemplate};
 use crate::provider::Provider;
 use crate::store::{SqliteStore, Store};
@@ -149,7 +155,8 @@ pub fn assemble(
         },
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
-        receivers: crate::receivers::ReceiverKeys::from_config(config)?,
+        receivers: crate::receivers::ReceiverKeys::from_config(config)
+            .map_err(|e| BuildError::Http(e.to_string()))?,
         revalidator: (config.upstream.revalidation != crate::config::Revalidation::Session).then(
             || {
                 crate::revalidate::Revalidator::with_mode(
@@ -161,15 +168,9 @@ pub fn assemble(
     }))
 }
 
+/// The outbound client (see [`crate::outbound`]), for the builders here.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        // mxidp never follows redirects from the IdP or the homeserver: an answer is an answer.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("mxidp/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| BuildError::Http(e.to_string()))
+    crate::outbound::client(timeout).map_err(|e| BuildError::Http(e.to_string()))
 }
 
 /// Builds the production application: SQLite store, Synapse connection, the given provider.
@@ -291,7 +292,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = crate::http::router(app);
+    let router = router(app);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -300,4 +301,73 @@ pub async fn run(
 /// The issuer's URL joined with a path, for callers outside the HTTP module.
 pub fn public_url(app: &AppState, path: &str) -> Url {
     app.url(path)
+}
+
+/// The whole HTTP application: the OAuth server's endpoints, the IdP-event receivers and the
+/// health probes, with the body limit, CORS for browser clients and request tracing.
+pub fn router(state: App) -> Router {
+    let max_body = state.max_body_bytes;
+    // Browser clients (Element Web) call these from their own origin. No credentials are
+    // involved (public clients, tokens in the body), so any origin may.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
+    let browser_api = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(http::metadata::get),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(http::metadata::get),
+        )
+        .route(
+            &format!("/{}", http::paths::REGISTER),
+            post(http::registration::post),
+        )
+        .route(&format!("/{}", http::paths::TOKEN), post(http::token::post))
+        .route(
+            &format!("/{}", http::paths::REVOKE),
+            post(http::revoke::post),
+        )
+        .layer(cors);
+    Router::new()
+        .merge(browser_api)
+        .route(&format!("/{}", http::paths::AUTHORIZE), get(http::authorize::get))
+        .route(&format!("/{}", http::paths::CALLBACK), get(http::callback::get))
+        .route(&format!("/{}", http::paths::CONSENT), post(http::consent::post))
+        .route(&format!("/{}", http::paths::INTROSPECT), post(http::introspect::post))
+        .route(&format!("/{}", http::paths::ACCOUNT), get(http::account::get))
+        .route(
+            &format!("/{}", crate::receivers::paths::BACKCHANNEL_LOGOUT),
+            post(crate::receivers::backchannel_logout::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::SSF),
+            post(crate::receivers::ssf::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::GLOBAL_TOKEN_REVOCATION),
+            post(crate::receivers::global_token_revocation::post),
+        )
+        .route(
+            &format!("/{}", crate::receivers::paths::WEBHOOK),
+            post(crate::receivers::webhook::post),
+        )
+        .route("/health/live", get(http::health::live))
+        .route("/health/ready", get(http::health::ready))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(
+            // Only method and path: query strings carry codes and states.
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                // Handlers log their own failures with a reference; a 503 readiness probe is
+                // not an error worth a line per probe.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .with_state(state)
 }

@@ -9,9 +9,9 @@
 //! A retry finishes whatever an interrupted attempt started; the audit records are the same
 //! for every trigger.
 
+use crate::app::AppState;
 use crate::audit::{self, AuditEntry};
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
-use crate::http::AppState;
 use crate::ids::now_unix;
 use crate::store::{Session, SessionState, StoreError};
 use crate::upstream::TokenTypeHint;
@@ -48,14 +48,14 @@ impl EndCause {
     ];
 
     /// The event source, in the `idp_events` table and the audit log.
-    pub fn source(self) -> &'static str {
+    pub const fn source(self) -> &'static str {
         match self {
             EndCause::Revoked => "revocation",
             EndCause::CodeReplayed => "code_replay",
             EndCause::RefreshReused => "refresh_reuse",
             EndCause::IdpRefusedRefresh => "idp_refresh",
-            EndCause::Revalidation => crate::revalidate::SOURCE,
-            EndCause::Reconciliation => crate::reconcile::SOURCE,
+            EndCause::Revalidation => "revalidation",
+            EndCause::Reconciliation => "reconciliation",
             EndCause::SigninFailed => "signin_failed",
         }
     }

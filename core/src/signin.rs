@@ -1,8 +1,8 @@
 //! What a successful IdP sign-in means for Matrix: access policy, the (provider, subject) →
 //! localpart link with conflict handling and tombstones, admin policy, profile (DESIGN §6).
 
+use crate::app::MappingSettings;
 use crate::homeserver::{HomeserverConnection, HomeserverError, Unavailable};
-use crate::http::MappingSettings;
 use crate::identity::{
     candidates, display_name, sanitize_localpart, verified_emails, MappingError,
 };

@@ -34,7 +34,7 @@ pub struct Stack<I = Idp> {
 /// mxidp in this test process (its state is inspectable), or as the real binary (killable).
 enum Mode {
     InProcess {
-        app: mxidp_core::http::App,
+        app: mxidp_core::app::App,
         server: tokio::task::JoinHandle<()>,
     },
     Process {
@@ -267,7 +267,7 @@ secret = "{SHARED_SECRET}"
     }
 
     /// mxidp's state (in-process stacks only).
-    pub fn app(&self) -> &mxidp_core::http::App {
+    pub fn app(&self) -> &mxidp_core::app::App {
         match &self.mode {
             Mode::InProcess { app, .. } => app,
             Mode::Process { .. } => panic!("mxidp runs as a process in this stack"),

@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mxidp_core::app::App;
 use mxidp_core::events::{IdpEvent, StoredEvent};
 use mxidp_core::homeserver::MemoryHomeserver;
-use mxidp_core::http::App;
 use mxidp_core::ids::Localpart;
 use mxidp_core::secret::SecretString;
 use mxidp_core::store::SqliteStore;
@@ -86,7 +86,7 @@ webhook_secret = "{WEBHOOK_SECRET}"
     let mut settings = idp.upstream_settings();
     settings.client_secret = SecretString::new(CLIENT_SECRET);
     app.upstream.set(idp.upstream_with(settings).await);
-    let router = mxidp_core::http::router(app.clone());
+    let router = mxidp_core::server::router(app.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });

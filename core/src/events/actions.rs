@@ -9,10 +9,10 @@
 use std::collections::BTreeSet;
 
 use super::{IdpEvent, StoredEvent};
+use crate::app::AppState;
 use crate::audit::{self, AuditEntry};
 use crate::config::CredentialChangePolicy;
 use crate::homeserver::{HomeserverError, ProvisionRequest};
-use crate::http::AppState;
 use crate::ids::Localpart;
 use crate::store::{Session, StoreError};
 

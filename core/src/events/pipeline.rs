@@ -17,9 +17,9 @@ use tokio::sync::{Mutex, Notify};
 
 use super::actions::{Action, Outcome};
 use super::{ReceivedEvent, StoredEvent};
+use crate::app::{App, AppState};
 use crate::audit::{self, AuditEntry};
 use crate::config::EventsConfig;
-use crate::http::{App, AppState};
 use crate::ids::now_unix;
 use crate::store::{Store, StoreError};
 

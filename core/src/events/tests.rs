@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::app::App;
 use crate::cache::{ActiveToken, Lookup};
 use crate::homeserver::{HomeserverConnection, MemoryHomeserver, ProvisionRequest};
-use crate::http::App;
 use crate::ids::{DeviceId, Localpart, TokenHash};
 use crate::provider::GenericOidc;
 use crate::store::{Identity, Session, SessionState, SqliteStore, TokenKind, TokenRecord};

@@ -7,11 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::authorize::axum_extra_cookie::read_binding;
-use super::authorize::ClientRedirect;
+use super::browser_flow::{client_redirect, same_browser};
 use super::{consent, internal, App, AppState};
-use crate::ids::{now_unix, TokenHash};
-use crate::secret::constant_time_eq;
+use crate::ids::now_unix;
 use crate::signin;
 use crate::store::{AuthorizationStage, PendingAuthorization, Purpose, UpstreamLogin};
 use crate::upstream::{IdTokenClaims, UpstreamTokens};
@@ -26,27 +24,6 @@ pub struct CallbackQuery {
 }
 
 pub use super::pages::PageError as RouteError;
-
-pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, RouteError> {
-    Ok(ClientRedirect {
-        redirect_uri: p
-            .redirect_uri
-            .parse()
-            .map_err(|e| RouteError::internal("stored redirect uri", &e))?,
-        mode: p.response_mode,
-        state: p.client_state.clone(),
-    })
-}
-
-/// Whether the request comes from the browser that started this sign-in.
-pub fn same_browser(app: &AppState, headers: &HeaderMap, pending: &PendingAuthorization) -> bool {
-    read_binding(headers, app.secure_cookies()).is_some_and(|cookie| {
-        constant_time_eq(
-            TokenHash::of(&cookie).to_hex().as_bytes(),
-            pending.browser_binding.as_bytes(),
-        )
-    })
-}
 
 pub async fn get(
     State(app): State<App>,
@@ -126,7 +103,7 @@ pub async fn get(
         ));
     }
     let mut claims = validated.claims.clone();
-    if upstream.settings().fetch_userinfo {
+    if wants_userinfo(&app, &upstream, &claims) {
         // userinfo_for drops an answer whose `sub` differs from the ID token's (OIDC Core §5.3.2).
         let userinfo = upstream
             .userinfo_for(tokens.access_token.expose(), &validated.sub)
@@ -185,6 +162,27 @@ pub async fn get(
     tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "signed in at the IdP");
 
     consent::continue_after_login(&app, pending, &login).await
+}
+
+/// Whether to ask userinfo for more claims (`upstream.fetch_userinfo`).
+fn wants_userinfo(
+    app: &AppState,
+    upstream: &crate::upstream::Upstream,
+    id_token_claims: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    use crate::upstream::UserinfoMode;
+    match upstream.settings().fetch_userinfo {
+        UserinfoMode::Always => true,
+        UserinfoMode::Never => false,
+        UserinfoMode::Auto => {
+            upstream.metadata().userinfo_endpoint.is_some()
+                && app
+                    .mapping
+                    .claims_needed()
+                    .into_iter()
+                    .any(|claim| crate::identity::lookup_claim(id_token_claims, claim).is_none())
+        }
+    }
 }
 
 /// Exchanges the IdP's code with mxidp's credentials and validates the ID token.

@@ -9,7 +9,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::authorize::see_other;
-use super::callback::{client_redirect, same_browser};
+use super::browser_flow::{client_redirect, same_browser};
 use super::{internal, pages, paths, App, AppState};
 use crate::homeserver::{FieldAction, ProvisionRequest};
 use crate::ids::{now_unix, random_token, TokenHash};

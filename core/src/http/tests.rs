@@ -78,7 +78,7 @@ async fn env_with_provider(extra: &str, provider: Arc<dyn crate::provider::Provi
     let mut settings = idp.upstream_settings();
     settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
     app.upstream.set(idp.upstream_with(settings).await);
-    let router = crate::http::router(app.clone());
+    let router = crate::server::router(app.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -1321,7 +1321,7 @@ async fn metadata_waits_for_discovery_so_synapse_never_caches_an_incomplete_docu
             .body(axum::body::Body::empty())
             .unwrap()
     };
-    let router = crate::http::router(app.clone());
+    let router = crate::server::router(app.clone());
     let before = router
         .clone()
         .oneshot(get("/.well-known/openid-configuration"))
@@ -1916,4 +1916,52 @@ async fn identities_keyed_on_an_adapter_name_move_to_the_upstream_id() {
         0,
         "once"
     );
+}
+
+#[tokio::test]
+async fn claims_only_in_userinfo_sign_in_on_the_default_configuration() {
+    let env = env().await;
+    env.idp.set_conform_id_token_claims(true);
+    let tokens = env.tokens(&env.request("DEVICE000107").await).await;
+    let i = env
+        .introspect(tokens["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(i["username"], "alice");
+    assert_eq!(env.idp.userinfo_requests(), 1);
+    let user = env.hs.user(&alice()).unwrap();
+    assert_eq!(user.display_name.as_deref(), Some("Alice Liddell"));
+
+    // The Matrix token is mxidp's: the IdP's userinfo does not know it.
+    let userinfo = env
+        .http
+        .get(format!(
+            "{}/userinfo",
+            env.idp.issuer().trim_end_matches('/')
+        ))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn auto_userinfo_is_not_asked_when_the_id_token_has_the_claims() {
+    let env = env().await;
+    env.tokens(&env.request("DEVICE000108").await).await;
+    assert_eq!(env.idp.userinfo_requests(), 0);
+}
+
+#[tokio::test]
+async fn fetch_userinfo_false_refuses_a_sign_in_whose_claims_are_only_in_userinfo() {
+    let env = env().await;
+    let mut settings = env.idp.upstream_settings();
+    settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
+    settings.fetch_userinfo = crate::upstream::UserinfoMode::Never;
+    env.app.upstream.set(env.idp.upstream_with(settings).await);
+    env.idp.set_conform_id_token_claims(true);
+    let (page, _) = env.to_callback(&env.request("DEVICE000109").await).await;
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    assert!(page.text().await.unwrap().contains("preferred_username"));
+    assert_eq!(env.idp.userinfo_requests(), 0);
 }

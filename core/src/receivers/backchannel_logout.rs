@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::{refused, sources, verify_jwt, JwtRules, TokenError};
+use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
-use crate::http::App;
 use crate::ids::now_unix;
 
 const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -61,7 +61,7 @@ impl IntoResponse for LogoutError {
             StatusCode::SERVICE_UNAVAILABLE => "temporarily_unavailable",
             _ => "server_error",
         };
-        crate::http::oauth_error(self.status(), error, self.to_string())
+        crate::error_reply::oauth_error(self.status(), error, self.to_string())
     }
 }
 
@@ -69,7 +69,7 @@ pub async fn post(State(app): State<App>, body: Bytes) -> Response {
     match receive(&app, &body).await {
         Ok(()) => {
             let mut response = StatusCode::OK.into_response();
-            crate::http::no_store(&mut response);
+            crate::error_reply::no_store(&mut response);
             response
         }
         Err(error) => {
@@ -149,7 +149,7 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), LogoutError> {
         }
         // The spec's replay protection: a logout token is used once.
         Ok(Acceptance::Duplicate) => Err(LogoutError::Replayed),
-        Err(e) => Err(LogoutError::Internal(crate::http::internal(
+        Err(e) => Err(LogoutError::Internal(crate::error_reply::internal(
             "storing a back-channel logout event",
             &e,
         ))),

@@ -18,8 +18,8 @@ use super::{
     audit, refused, resolve_subject, sources, subject_issuers, verify_jwt, JwtRules, Resolved,
     SubjectId, TokenError,
 };
+use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
-use crate::http::App;
 use crate::ids::now_unix;
 
 /// Longest remaining lifetime accepted on a request's JWT.
@@ -57,7 +57,7 @@ impl IntoResponse for RevocationError {
             RevocationError::UnknownSubject(_) => (StatusCode::NOT_FOUND, "unknown_subject"),
             RevocationError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };
-        let mut response = crate::http::oauth_error(status, error, self.to_string());
+        let mut response = crate::error_reply::oauth_error(status, error, self.to_string());
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -134,7 +134,7 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
         leeway: app.receivers.leeway.as_secs() as i64,
         now: now_unix(),
     };
-    let algorithms = app.receivers.algorithms(app);
+    let algorithms = app.receivers.algorithms(app.upstream.get().as_deref());
     let jwt = verify_jwt(token, &transmitter.jwks, &algorithms, &rules).await?;
     // The JWT does not cover the body, and its `jti` is only spent when an event is stored:
     // a short lifetime bounds how long a captured token could be replayed with another
@@ -159,7 +159,7 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
 
     let issuers = subject_issuers(app, Some(transmitter));
     let internal = |e: crate::store::StoreError| {
-        RevocationError::Internal(crate::http::internal(
+        RevocationError::Internal(crate::error_reply::internal(
             "resolving a global token revocation subject",
             &e,
         ))
@@ -214,7 +214,7 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
         // `accept` writes the audit record (kind, dedupe key, event id).
         Ok(Acceptance::Stored(_)) => Ok(()),
         Ok(Acceptance::Duplicate) => Err(RevocationError::Replayed),
-        Err(e) => Err(RevocationError::Internal(crate::http::internal(
+        Err(e) => Err(RevocationError::Internal(crate::error_reply::internal(
             "storing a global token revocation event",
             &e,
         ))),

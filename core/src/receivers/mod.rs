@@ -13,17 +13,16 @@
 //! `x5u` and `jwk` headers are ignored by the shared JWS verification
 //! ([`crate::upstream::verify_jws`]).
 
-use std::time::Duration;
-
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use crate::app::AppState;
 use crate::audit::AuditEntry;
-use crate::config::{Config, TransmitterConfig};
-use crate::http::AppState;
 use crate::upstream::{string_claim, time_claim, verify_jws, IdTokenError, JwksCache};
 
 pub mod backchannel_logout;
+pub mod keys;
+pub use keys::{ReceiverKeys, Transmitter};
 pub mod global_token_revocation;
 pub mod ssf;
 pub mod webhook;
@@ -44,74 +43,6 @@ pub mod sources {
     pub const BACKCHANNEL_LOGOUT: &str = "backchannel_logout";
     pub const SSF: &str = "ssf";
     pub const GLOBAL_TOKEN_REVOCATION: &str = "global_token_revocation";
-}
-
-/// A configured party that signs events for mxidp, with its key cache.
-pub struct Transmitter {
-    /// The `iss` its tokens carry, compared exactly.
-    pub issuer: String,
-    /// The `aud` expected instead of the receiver's default.
-    pub audience: Option<String>,
-    /// Keys from the configured `jwks_uri` only; fetched on first use.
-    pub jwks: JwksCache,
-}
-
-/// The receivers' own key material, built from `[events]` at start. Lives in
-/// [`AppState::receivers`].
-pub struct ReceiverKeys {
-    pub ssf: Option<Transmitter>,
-    pub global_token_revocation: Option<Transmitter>,
-    /// The signature algorithms from `[upstream] allowed_algorithms`, for when the upstream
-    /// client is not discovered yet (it carries the same list).
-    pub allowed_algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-}
-
-impl ReceiverKeys {
-    /// No transmitter configured.
-    pub fn none() -> Self {
-        Self {
-            ssf: None,
-            global_token_revocation: None,
-            allowed_algorithms: Vec::new(),
-            leeway: Duration::from_secs(30),
-        }
-    }
-
-    pub fn from_config(config: &Config) -> Result<Self, crate::server::BuildError> {
-        let timeout = config.upstream_timeout();
-        let http = crate::server::http_client(timeout)?;
-        let cooldown = Duration::from_secs(config.upstream.jwks_refetch_cooldown_seconds);
-        let transmitter = |t: &TransmitterConfig| Transmitter {
-            issuer: t.issuer.clone(),
-            audience: t.audience.clone(),
-            jwks: JwksCache::new(http.clone(), t.jwks_uri.clone(), timeout, cooldown),
-        };
-        Ok(Self {
-            ssf: config.events.ssf.as_ref().map(transmitter),
-            global_token_revocation: config
-                .events
-                .global_token_revocation
-                .as_ref()
-                .map(transmitter),
-            allowed_algorithms: config
-                .upstream
-                .allowed_algorithms
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-            leeway: Duration::from_secs(config.upstream.leeway_seconds),
-        })
-    }
-
-    /// The algorithm allow-list: the upstream client's when it is discovered, else the same
-    /// list from the configuration. HMAC is refused by [`verify_jws`] whatever the list says.
-    pub(crate) fn algorithms(&self, app: &AppState) -> Vec<Algorithm> {
-        match app.upstream.get() {
-            Some(upstream) => upstream.settings().allowed_algorithms.clone(),
-            None => self.allowed_algorithms.clone(),
-        }
-    }
 }
 
 /// Why a signed token was refused. Messages never contain the token.

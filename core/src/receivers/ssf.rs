@@ -15,8 +15,8 @@ use super::{
     audit, body_token, event_timestamp, refused, resolve_subject, sources, subject_issuers,
     verify_jwt, JwtRules, Resolved, SubjectId, TokenError,
 };
+use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
-use crate::http::App;
 use crate::ids::now_unix;
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
@@ -124,7 +124,7 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
         leeway: app.receivers.leeway.as_secs() as i64,
         now: now_unix(),
     };
-    let algorithms = app.receivers.algorithms(app);
+    let algorithms = app.receivers.algorithms(app.upstream.get().as_deref());
     let set = verify_jwt(token, &transmitter.jwks, &algorithms, &rules).await?;
 
     let events = match set.claims.get("events") {
@@ -173,7 +173,9 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
     let issuers = subject_issuers(app, Some(transmitter));
     let resolved = resolve_subject(app, &subject_id, &issuers)
         .await
-        .map_err(|e| SsfError::Internal(crate::http::internal("resolving a SET subject", &e)))?;
+        .map_err(|e| {
+            SsfError::Internal(crate::error_reply::internal("resolving a SET subject", &e))
+        })?;
     let subject = match resolved {
         Resolved::Subject(subject) => subject,
         Resolved::Unknown(why) => {
@@ -206,7 +208,7 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
         // `accept` writes the audit record (kind, dedupe key, event id).
         Ok(Acceptance::Stored(_)) => Ok(()),
         Ok(Acceptance::Duplicate) => Err(SsfError::Duplicate),
-        Err(e) => Err(SsfError::Internal(crate::http::internal(
+        Err(e) => Err(SsfError::Internal(crate::error_reply::internal(
             "storing a Shared Signals event",
             &e,
         ))),

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::app::App;
 use crate::events::IdpEvent;
 use crate::homeserver::MemoryHomeserver;
-use crate::http::App;
 use crate::ids::Localpart;
 use crate::provider::{GenericOidc, Provider};
 use crate::store::{Identity, SqliteStore, Store};
@@ -110,7 +110,7 @@ client_secret = "unused-here"
             settings.client_secret = crate::secret::SecretString::new(CLIENT_SECRET);
             app.upstream.set(idp.upstream_with(settings).await);
         }
-        let router = crate::http::router(app.clone());
+        let router = crate::server::router(app.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });

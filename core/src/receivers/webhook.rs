@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::refused;
+use crate::app::App;
 use crate::events::{Acceptance, WebhookError, WebhookRequest};
-use crate::http::App;
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let source = format!("webhook:{}", app.provider.name());
@@ -33,7 +33,7 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
                 WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
             };
             refused(&app, &source, &error.to_string(), "-").await;
-            return crate::http::oauth_error(
+            return crate::error_reply::oauth_error(
                 status,
                 if status == StatusCode::UNAUTHORIZED {
                     "access_denied"
@@ -54,8 +54,8 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
             Ok(Acceptance::Duplicate) => {}
             Err(e) => {
                 // Events stored before this one stay stored; the sender's retry is deduplicated.
-                let id = crate::http::internal("storing a webhook event", &e);
-                return crate::http::oauth_error(
+                let id = crate::error_reply::internal("storing a webhook event", &e);
+                return crate::error_reply::oauth_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",
                     format!("internal error (reference {id})"),

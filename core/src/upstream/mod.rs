@@ -44,8 +44,8 @@ pub struct UpstreamSettings {
     /// Signature algorithms accepted on ID tokens (never `none`, never HS*: mxidp validates
     /// with the IdP's public keys).
     pub allowed_algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// Fetch userinfo after the code exchange and merge its claims.
-    pub fetch_userinfo: bool,
+    /// When to fetch userinfo after the code exchange and merge its claims.
+    pub fetch_userinfo: UserinfoMode,
     /// Clock leeway for `exp`, `iat`, `nbf`.
     pub leeway: Duration,
     /// Minimum time between two JWKS refetches triggered by an unknown `kid`.
@@ -109,4 +109,41 @@ pub enum UpstreamError {
     Unsupported(&'static str),
     #[error("the ID token is invalid: {0}")]
     IdToken(#[from] IdTokenError),
+}
+
+/// `upstream.fetch_userinfo`: `"auto"` (the default), `true` or `false`.
+///
+/// With the code flow an OpenID Provider may put profile and e-mail claims in userinfo only
+/// (OIDC Core §5.4; oidc-provider's and ZITADEL's default), so `auto` asks userinfo whenever a
+/// claim that the mapping needs is missing from the ID token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserinfoMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl<'de> serde::Deserialize<'de> for UserinfoMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Self::Always),
+            Raw::Bool(false) => Ok(Self::Never),
+            // Environment variables arrive as text.
+            Raw::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(Self::Auto),
+                "true" => Ok(Self::Always),
+                "false" => Ok(Self::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "fetch_userinfo must be \"auto\", true or false, not {other:?}"
+                ))),
+            },
+        }
+    }
 }

@@ -216,6 +216,10 @@ struct IdpState {
     /// Keep the refresh token on refresh, as oidc-provider and Keycloak do by default for a
     /// confidential client (the answer carries the same refresh token again).
     keep_refresh_tokens: bool,
+    /// Profile and e-mail claims only from userinfo, none in the ID token (OIDC Core §5.4 with
+    /// the code flow; oidc-provider's `conformIdTokenClaims`).
+    conform_id_token_claims: bool,
+    userinfo_requests: usize,
     /// Tokens `/introspect` calls inactive although they were issued and not revoked.
     introspection_inactive: std::collections::HashSet<String>,
     fail_introspection: bool,
@@ -348,7 +352,7 @@ impl TestIdp {
                 Algorithm::ES256,
                 Algorithm::EdDSA,
             ],
-            fetch_userinfo: false,
+            fetch_userinfo: crate::upstream::UserinfoMode::Auto,
             leeway: Duration::from_secs(30),
             jwks_refetch_cooldown: Duration::from_secs(300),
             http_timeout: Duration::from_secs(5),
@@ -372,6 +376,16 @@ impl TestIdp {
     /// default is `alice`: `{"sub": "alice-sub", "preferred_username": "alice", ...}`.
     pub fn set_next_login(&self, claims: Value) {
         self.shared.lock().next_login = object(claims);
+    }
+
+    /// Puts the login's claims in userinfo only; the ID token carries just `sub`.
+    pub fn set_conform_id_token_claims(&self, conform: bool) {
+        self.shared.lock().conform_id_token_claims = conform;
+    }
+
+    /// How many userinfo requests the IdP answered (any outcome).
+    pub fn userinfo_requests(&self) -> usize {
+        self.shared.lock().userinfo_requests
     }
 
     /// Whether refresh rotates the IdP's refresh token (the default) or keeps it.
@@ -613,7 +627,16 @@ impl Shared {
     ) -> Value {
         let access_token = random_token("at-");
         let refresh_token = random_token("rt-");
-        let mut claims = Value::Object(self.id_token_claims(&login, nonce));
+        let id_token_login = if state.conform_id_token_claims {
+            login
+                .iter()
+                .filter(|(k, _)| *k == "sub")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            login.clone()
+        };
+        let mut claims = Value::Object(self.id_token_claims(&id_token_login, nonce));
         let id_token = match state.next_id_token_patch.take() {
             Some((header_patch, claims_patch)) => {
                 let mut header = TestIdp::default_header();
@@ -876,7 +899,12 @@ async fn userinfo(State(idp): State<Arc<Shared>>, headers: HeaderMap) -> Respons
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| idp.lock().access_tokens.get(t).cloned()) {
+    let found = {
+        let mut state = idp.lock();
+        state.userinfo_requests += 1;
+        token.and_then(|t| state.access_tokens.get(t).cloned())
+    };
+    match found {
         Some(claims) => Json(Value::Object(claims)).into_response(),
         None => (
             StatusCode::UNAUTHORIZED,
