@@ -5,7 +5,8 @@
 //! For the triggers that mxidp itself notices, [`end_session`] first persists an
 //! `MxidpSessionEnded` event (so a crash after the client's answer loses nothing), then marks
 //! the session ended in the store and evicts its tokens (introspection answers inactive at
-//! once), and leaves the rest to the worker: the homeserver's device list, the IdP revocation.
+//! once), and applies the event at once when the pipeline is idle (else the worker does): the
+//! homeserver's device list, the IdP revocation.
 //! A retry finishes whatever an interrupted attempt started; the audit records are the same
 //! for every trigger.
 

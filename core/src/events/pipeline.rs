@@ -183,6 +183,24 @@ pub async fn run_due(app: &AppState, now: i64) -> Result<usize, StoreError> {
     Ok(processed.len())
 }
 
+/// Applies one just-stored event in the caller's task, when no round is running: a client that
+/// revokes its token finds the device gone when the answer arrives, as long as the homeserver
+/// answers. Otherwise (a round is running, the homeserver is down) the event stays with the
+/// worker, durable as any other. Returns whether it ran.
+pub async fn apply_now(app: &AppState, id: i64) -> Result<bool, StoreError> {
+    let Ok(_round) = app.events.round.try_lock() else {
+        return Ok(false);
+    };
+    let Some(event) = app.store.event(id).await? else {
+        return Ok(false);
+    };
+    if event.state != super::EventState::Pending {
+        return Ok(false);
+    }
+    process(app, &event, now_unix(), &AtomicBool::new(false)).await?;
+    Ok(true)
+}
+
 /// Applies one event and records the outcome on it and in the audit log.
 async fn process(
     app: &AppState,
