@@ -161,7 +161,7 @@ impl Harness {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mxidp"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mxidp"))
             .args(["serve", "--config"])
             .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mxidp.example.toml"))
             .env("MXIDP__HTTP__LISTEN", format!("127.0.0.1:{port}"))
@@ -185,6 +185,8 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("mxidp did not answer {probe}");
     }
 
