@@ -1,4 +1,4 @@
-//! `mxidp events …`: the operator's view of the IdP event pipeline (DESIGN §7). The commands
+//! `mxidp events …`: the operator's view of the IdP event pipeline (docs/events.md). The commands
 //! work on the store directly, so they run beside a live `mxidp serve` (whose worker picks up
 //! re-queued events within a second) or while it is stopped.
 

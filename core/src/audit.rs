@@ -4,7 +4,7 @@
 //! [`record`] is the one call the rest of mxidp makes. It never fails the caller: an audit
 //! failure is logged as a warning and the audited action goes on.
 //!
-//! **Never put a token, secret or password in an entry** (DESIGN §10) — not in `details`, not
+//! **Never put a token, secret or password in an entry** (docs/architecture.md) — not in `details`, not
 //! in `target`. Records are kept forever and exported to other systems. Name a session by its
 //! id, a token by nothing at all.
 //!

@@ -1,6 +1,6 @@
 //! The introspection cache: token hash → what introspection needs, in memory. Synapse
 //! introspects on every request it has not cached itself, so this keeps the hot path off the
-//! database (DESIGN §5.1).
+//! database (docs/token-model.md).
 //!
 //! mxidp is the only writer of tokens: it issues them, rotates them and ends their sessions.
 //! So after [`IntrospectionCache::warm`] has loaded every active access token, the cache is

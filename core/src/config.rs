@@ -125,7 +125,7 @@ pub struct UpstreamConfig {
     /// Where users manage their account; overrides the adapter's page when set.
     #[serde(default)]
     pub account_url: Option<Url>,
-    /// Re-validation of the IdP's tokens (DESIGN §5.2): `session` trusts mxidp's session state;
+    /// Re-validation of the IdP's tokens (docs/token-model.md): `session` trusts mxidp's session state;
     /// `introspect` also asks the IdP (RFC 7662) about tokens Synapse introspects, in the
     /// background, at most once per `revalidation_cache_seconds` per token.
     #[serde(default)]
@@ -270,7 +270,7 @@ fn words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     })
 }
 
-/// The IdP event pipeline (DESIGN §7).
+/// The IdP event pipeline (docs/events.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {

@@ -1,4 +1,4 @@
-//! From IdP claims to a Matrix user (DESIGN §6): the localpart template, sanitising, conflict
+//! From IdP claims to a Matrix user (docs/identity.md): the localpart template, sanitising, conflict
 //! candidates, access and admin policies, display name and e-mail.
 //!
 //! Nothing here picks the user: users are keyed on (provider, subject). These functions only
@@ -169,7 +169,7 @@ pub fn sanitize_localpart(raw: &str, keep_before_at: bool) -> Result<Localpart, 
     Ok(Localpart::parse(trimmed)?)
 }
 
-/// What to do when the proposed localpart is taken (DESIGN §6).
+/// What to do when the proposed localpart is taken (docs/identity.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConflictPolicy {
     /// Refuse the login; an operator resolves it. Never link to the existing user silently.

@@ -133,7 +133,7 @@ impl<'de> Deserialize<'de> for DeviceId {
     }
 }
 
-/// SHA-256 of a token, the only form in which tokens are stored (DESIGN §10).
+/// SHA-256 of a token, the only form in which tokens are stored (docs/token-model.md).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash([u8; 32]);
 

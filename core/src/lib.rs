@@ -1,4 +1,4 @@
-//! mxidp-core: the engine of mxidp. See DESIGN.md for the architecture.
+//! mxidp-core: the engine of mxidp. See docs/architecture.md.
 
 pub mod app;
 pub mod audit;

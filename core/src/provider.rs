@@ -1,5 +1,5 @@
 //! The IdP boundary. [`GenericOidc`] is the complete default; an adapter crate implements
-//! [`Provider`] and overrides only what its IdP does differently (DESIGN §8, §9).
+//! [`Provider`] and overrides only what its IdP does differently (docs/architecture.md).
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -42,7 +42,7 @@ pub trait Provider: Send + Sync {
         "generic"
     }
 
-    /// The stable subject this IdP identifies a user with. Never a username (DESIGN §6).
+    /// The stable subject this IdP identifies a user with. Never a username (docs/identity.md).
     fn subject(&self, claims: &Claims) -> Option<String> {
         claims.get("sub").and_then(Value::as_str).map(str::to_owned)
     }

@@ -1,4 +1,4 @@
-//! Reconciliation (DESIGN §7): finds sessions that ended at the IdP without any event reaching
+//! Reconciliation (docs/events.md): finds sessions that ended at the IdP without any event reaching
 //! mxidp — some IdPs never retry a webhook, some never send session expiry — and ends them
 //! through the same durable pipeline as the events (source `reconciliation`).
 //!

@@ -1,4 +1,4 @@
-//! Token re-validation (`upstream.revalidation = "introspect"` or `"jwt"`, DESIGN §5.2).
+//! Token re-validation (`upstream.revalidation = "introspect"` or `"jwt"`, docs/token-model.md).
 //!
 //! `jwt` verifies JWT access tokens locally with the IdP's cached keys (signature, `iss`,
 //! `exp`); a token that fails is as good as inactive. Opaque tokens cannot be judged this way

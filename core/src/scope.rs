@@ -164,7 +164,7 @@ impl MatrixScope {
     }
 
     /// The client asked for `openid` (matrix-js-sdk ≤ 41 does). Recorded only: the IdP's ID
-    /// token is for mxidp, and mxidp issues none to clients (DESIGN §3.3).
+    /// token is for mxidp, and mxidp issues none to clients (docs/synapse-contract.md).
     pub fn openid_requested(&self) -> bool {
         self.openid
     }
@@ -211,7 +211,7 @@ impl fmt::Display for MatrixScope {
 
 /// The `scope` of an introspection answer for Synapse: both families' API scope and both
 /// families' device scope (Synapse accepts either, older Synapse only the unstable one; MAS
-/// answers with both, research §2.1), plus `urn:synapse:admin:*` when the user is an admin.
+/// answers with both, docs/synapse-contract.md), plus `urn:synapse:admin:*` when the user is an admin.
 pub fn introspection_scope(device: &DeviceId, admin: bool) -> String {
     let mut out = format!(
         "{} {} {} {}",

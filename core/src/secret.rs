@@ -27,7 +27,7 @@ impl SecretString {
         self.0.len()
     }
 
-    /// Constant-time comparison with a presented value (DESIGN §10): the time taken does not
+    /// Constant-time comparison with a presented value (docs/architecture.md): the time taken does not
     /// depend on how many leading bytes match.
     pub fn ct_eq(&self, presented: &[u8]) -> bool {
         constant_time_eq(self.0.as_bytes(), presented)

@@ -1,5 +1,5 @@
 //! What a successful IdP sign-in means for Matrix: access policy, the (provider, subject) →
-//! localpart link with conflict handling and tombstones, admin policy, profile (DESIGN §6).
+//! localpart link with conflict handling and tombstones, admin policy, profile (docs/identity.md).
 
 use crate::app::MappingSettings;
 use crate::homeserver::{HomeserverConnection, HomeserverError, Unavailable};
@@ -98,7 +98,7 @@ pub async fn resolve(
 }
 
 /// First sign-in of a subject: pick a localpart nobody has ever had and link it. A localpart
-/// that exists in the homeserver or in mxidp's history is never linked silently (DESIGN §6).
+/// that exists in the homeserver or in mxidp's history is never linked silently (docs/identity.md).
 async fn link_new_identity(
     claims: &Claims,
     subject: &str,

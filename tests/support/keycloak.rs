@@ -1,6 +1,6 @@
 //! A Keycloak double: an in-process axum server on 127.0.0.1:0 that answers Keycloak 26's paths
 //! for realm `matrix` as Keycloak's documentation and the fixtures in
-//! `adapters/keycloak/tests/fixtures/` show (research/keycloak.md):
+//! `adapters/keycloak/tests/fixtures/` show (docs/providers.md, Keycloak):
 //!
 //! - `/realms/matrix/.well-known/openid-configuration` with Keycloak 26.1's field set
 //!   (`prompt_values_supported` with `create`, introspection, revocation, end-session, back-channel
@@ -949,7 +949,7 @@ async fn introspect(
     }
     match live_access(&realm, token) {
         Some(mut claims) => {
-            // Basic claims plus what the access token carries (research §3.2).
+            // Basic claims plus what the access token carries (the Keycloak 26 claim set in adapters/keycloak/tests/fixtures/access-token-claims-kc26.json).
             let username = claims["preferred_username"].clone();
             claims["client_id"] = claims["azp"].clone();
             claims["username"] = username;

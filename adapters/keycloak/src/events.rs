@@ -1,4 +1,4 @@
-//! Webhook deliveries from Keycloak event-listener extensions (research/keycloak.md §5).
+//! Webhook deliveries from Keycloak event-listener extensions (docs/providers.md, Keycloak).
 //!
 //! Keycloak has no built-in webhook; two kinds of extension are understood, in one parser:
 //! - Phase Two keycloak-events `ext-event-webhook`: one `ExtendedAdminEvent` per POST, `type`

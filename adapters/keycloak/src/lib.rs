@@ -1,6 +1,6 @@
 //! mxidp-keycloak: Keycloak (24 to 26.x) as mxidp's OpenID Provider.
 //!
-//! Only what Keycloak does differently from generic OIDC (research/keycloak.md):
+//! Only what Keycloak does differently from generic OIDC (docs/providers.md, Keycloak):
 //! - roles: realm roles (`realm_access.roles`), client roles (`resource_access.<client>.roles`,
 //!   as `<client>:<role>` so that a role of another client cannot pass for a realm role) and
 //!   groups (`groups`, when a group-membership mapper adds them);
@@ -180,7 +180,7 @@ impl Keycloak {
 
     /// A user update with the admin API configured: the event's representation is the request
     /// body of the admin's `PUT` (possibly partial, absent unless "Include representation" is on,
-    /// research/keycloak.md §5.2), so the user's state is read back from Keycloak instead.
+    /// docs/providers.md, Keycloak), so the user's state is read back from Keycloak instead.
     async fn confirm(&self, event: WebhookEvent) -> Option<ReceivedEvent> {
         let WebhookEvent::UserUpdated {
             dedupe_key,

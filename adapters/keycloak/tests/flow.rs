@@ -440,7 +440,7 @@ async fn a_keycloak_logout_event_ends_the_sso_session() {
     assert!(env.hs.devices(&Localpart::parse("kim").unwrap()).is_empty());
 }
 
-/// Keycloak's back-channel logout token (research/keycloak.md §4): header `typ` `logout+jwt`
+/// Keycloak's back-channel logout token (docs/providers.md, Keycloak): header `typ` `logout+jwt`
 /// (≥ 25) or `JWT` (older), no `exp` before 23.0.4, `aud` a bare string, `sid` the SSO session.
 #[tokio::test]
 async fn keycloak_logout_tokens_are_accepted_by_the_core_receiver() {

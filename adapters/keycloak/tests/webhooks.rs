@@ -1,6 +1,6 @@
 //! Webhook parsing over the real fixtures (tests/fixtures/*.source.txt): sender verification on
 //! the raw bytes, and every Keycloak event Matrix cares about turned into its normalised event.
-//! No real `access.LOGOUT` / `admin.USER-*` body has been published (research/keycloak.md §9):
+//! No real `access.LOGOUT` / `admin.USER-*` body has been published (none found in public sources; see docs/providers.md, Keycloak):
 //! those are the real `access.LOGIN` body with `type` and the fields Phase Two's
 //! `ExtendedAdminEvent` documents changed.
 

@@ -1,4 +1,4 @@
-//! What each normalised event does to mxidp's sessions and to the homeserver (DESIGN §7).
+//! What each normalised event does to mxidp's sessions and to the homeserver (docs/events.md).
 //!
 //! Every action is idempotent, so that a retry after a partial failure, a crash between the
 //! action and its record, or an operator's replay never does harm: sessions are ended in the

@@ -1,4 +1,4 @@
-//! The normalised IdP events (DESIGN §7). Every provider's webhook, back-channel logout or
+//! The normalised IdP events (docs/events.md). Every provider's webhook, back-channel logout or
 //! Shared Signals payload is turned into these at the edge; everything after (the durable
 //! pipeline, the audit log, the homeserver actions) sees only this type.
 

@@ -1,4 +1,4 @@
-//! The durable event pipeline (DESIGN §7): verify the sender (the receiver's job) → persist with
+//! The durable event pipeline (docs/events.md): verify the sender (the receiver's job) → persist with
 //! a dedupe key ([`EventPipeline::accept`]) → answer 2xx → apply through an outbox worker with
 //! retries ([`run_due`], [`spawn_worker`]) → audit record.
 //!

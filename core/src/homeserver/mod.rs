@@ -1,4 +1,4 @@
-//! The homeserver behind one trait (DESIGN §3.2). `synapse` speaks Synapse's
+//! The homeserver behind one trait (docs/synapse-contract.md). `synapse` speaks Synapse's
 //! `/_synapse/mas/*` API; `memory` is the double used by unit tests.
 
 use std::collections::BTreeSet;

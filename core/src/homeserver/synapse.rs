@@ -1,7 +1,7 @@
 //! The connection to Synapse through its `/_synapse/mas/*` API (Synapse ≥ 1.136 with
 //! `matrix_authentication_service.enabled`), the API Synapse offers to the service it delegates
-//! auth to. Every call carries `Authorization: Bearer <shared secret>`; see DESIGN §3.2 and
-//! research/matrix.md §2.4 for the endpoints and their status codes.
+//! auth to. Every call carries `Authorization: Bearer <shared secret>`; see
+//! docs/synapse-contract.md for the endpoints and their status codes.
 
 use std::collections::BTreeSet;
 use std::error::Error as _;

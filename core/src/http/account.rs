@@ -1,7 +1,7 @@
 //! `GET /account` (`account_management_uri`, MSC4191): sends the user to where the action can
 //! be done. Profile and device pages live at the IdP when it has them. A cross-signing reset
 //! re-authenticates the user at the IdP (`prompt=login`, `max_age=0`) and then opens Synapse's
-//! 10-minute window for replacing the cross-signing keys (DESIGN §3.3).
+//! 10-minute window for replacing the cross-signing keys (docs/synapse-contract.md).
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};

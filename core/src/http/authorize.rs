@@ -1,6 +1,6 @@
 //! `GET /oauth2/authorize`: validates the Matrix client's request (client, redirect URI, scopes,
 //! PKCE S256), stores it, binds the browser with a cookie and sends the browser to the IdP with
-//! mxidp's own client id, state, nonce and PKCE (DESIGN §4).
+//! mxidp's own client id, state, nonce and PKCE (docs/architecture.md).
 //!
 //! Until the client and redirect URI are known to be genuine, errors are shown as a page and
 //! never redirected (RFC 6749 §4.1.2.1): redirecting to an unchecked URI is an open redirect.

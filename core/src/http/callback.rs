@@ -1,6 +1,6 @@
 //! `GET /upstream/callback`: the IdP sends the browser back here. Checks state and the browser
 //! cookie, exchanges the code with mxidp's credentials, validates the ID token, maps the
-//! identity, and continues to consent (DESIGN §4).
+//! identity, and continues to consent (docs/architecture.md).
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};

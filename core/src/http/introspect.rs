@@ -1,4 +1,4 @@
-//! `POST /oauth2/introspect` for Synapse (DESIGN §3.1, §5.1), the hot path: hash → in-memory
+//! `POST /oauth2/introspect` for Synapse (docs/synapse-contract.md, docs/token-model.md), the hot path: hash → in-memory
 //! cache → store → answer. No network I/O. Unknown, expired, rotated and revoked tokens are
 //! `200 {"active":false}`; only a wrong shared secret is an error (401).
 

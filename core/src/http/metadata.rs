@@ -1,6 +1,6 @@
 //! `GET /.well-known/openid-configuration`: mxidp's authorization-server metadata. Synapse
 //! requires `issuer` and `account_management_uri`, caches the document until it restarts and
-//! hands it verbatim to clients, so every URL here is mxidp's public URL (DESIGN §3.1, §3.3).
+//! hands it verbatim to clients, so every URL here is mxidp's public URL (docs/synapse-contract.md).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

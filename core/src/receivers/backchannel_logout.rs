@@ -1,6 +1,5 @@
 //! OpenID Connect Back-Channel Logout 1.0: `POST /upstream/backchannel-logout` with the form
-//! parameter `logout_token`, sent by Keycloak, ZITADEL and Auth0 (research/keycloak.md §4,
-//! research/zitadel.md §6).
+//! parameter `logout_token`, sent by Keycloak, ZITADEL and Auth0 (docs/providers.md).
 //!
 //! Validation follows §2.6 of the spec: signature with the IdP's own keys (discovery
 //! `jwks_uri`), `iss` exactly the IdP's issuer, `aud` containing mxidp's client id (string or
@@ -22,7 +21,7 @@ use crate::ids::now_unix;
 
 const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
-/// Keycloak before 23.0.4 sends no `exp` (research/keycloak.md §4): such a token is accepted
+/// Keycloak before 23.0.4 sends no `exp` (docs/providers.md, Keycloak): such a token is accepted
 /// only this long after its `iat`, so that an old captured token cannot be replayed once the
 /// replay cache forgot it.
 const MAX_AGE_WITHOUT_EXP: i64 = 600;

@@ -1,5 +1,5 @@
 //! Global token revocation (draft-parecki-oauth-global-token-revocation), which Okta Universal
-//! Logout sends (research/okta.md §6.1): `POST /upstream/global-token-revocation` with
+//! Logout sends (docs/providers.md, Okta): `POST /upstream/global-token-revocation` with
 //! `Authorization: Bearer <JWT>` (header `typ: global-token-revocation+jwt`, `iss` the org
 //! URL, `aud` this endpoint's URL, signed with the configured transmitter's keys) and the body
 //! `{"sub_id": {...}}` in `iss_sub`, `email` or `opaque` format.
@@ -260,7 +260,7 @@ mod tests {
         json!({"alg": "RS256", "kid": "rsa-1", "typ": "global-token-revocation+jwt"})
     }
 
-    /// The claims Okta puts in the bearer JWT (research/okta.md §6.1).
+    /// The claims Okta puts in the bearer JWT (docs/providers.md, Okta).
     fn claims(env: &Env) -> Value {
         let now = now();
         json!({

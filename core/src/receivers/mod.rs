@@ -1,4 +1,4 @@
-//! The standard IdP event receivers, usable with every provider adapter (DESIGN §7):
+//! The standard IdP event receivers, usable with every provider adapter (docs/events.md):
 //! OIDC Back-Channel Logout 1.0, Shared Signals push delivery (RFC 8935 of RFC 8417 SETs),
 //! global token revocation (draft-parecki-oauth-global-token-revocation, Okta Universal
 //! Logout), and the provider's own webhook.
@@ -428,7 +428,7 @@ pub(crate) fn body_token(body: &[u8]) -> Option<&str> {
 }
 
 /// Seconds since the epoch of an `event_timestamp`. Okta's SET examples carry milliseconds
-/// (13 digits) where CAEP specifies seconds; both are accepted (research/okta.md §6.2).
+/// (13 digits) where CAEP specifies seconds; both are accepted (docs/providers.md, Okta).
 pub(crate) fn event_timestamp(value: Option<&Value>) -> Option<i64> {
     let n = value?.as_f64()?;
     if !n.is_finite() || n < 0.0 {

@@ -1,6 +1,6 @@
 //! Shared Signals push receiver: `POST /upstream/ssf`, the body one Security Event Token
 //! (RFC 8417) as `application/secevent+jwt`, delivered per RFC 8935. Okta is such a
-//! transmitter (research/okta.md §6.2), with CAEP `session-revoked` and `credential-change`.
+//! transmitter (docs/providers.md, Okta), with CAEP `session-revoked` and `credential-change`.
 //!
 //! Answers (RFC 8935 §2.2–2.4): 202 once the event is durable (or deliberately ignored), 400
 //! with `{"err", "description"}` otherwise, 404 when `[events.ssf]` is not configured.
@@ -291,7 +291,7 @@ mod tests {
         .await
     }
 
-    /// Okta's SET header (research/okta.md §6.2), with the test key's kid.
+    /// Okta's SET header (docs/providers.md, Okta), with the test key's kid.
     fn header() -> Value {
         json!({"alg": "RS256", "kid": "rsa-1", "typ": "secevent+jwt"})
     }
@@ -360,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn okta_session_revoked_ends_every_session() {
         // The session-revoked example of Okta's "ssf-transmitter-sets" reference, as quoted in
-        // research/okta.md §6.2 (fixtures/okta has no file for it). Only the signature is new.
+        // Okta's developer documentation (reference "SSF transmitter SETs"; core/src/receivers/fixtures/okta has no file for it). Only the signature is new.
         let env = okta_env().await;
         let claims = json!({"iss":"https://transmitter.okta.com","jti":"24c63fb56e5a2d77a6b512616ca9fa24","iat":1615305159,"aud":"https://receiverexample.com",
             "events":{"https://schemas.openid.net/secevent/caep/event-type/session-revoked":{

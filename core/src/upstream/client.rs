@@ -1,4 +1,4 @@
-//! mxidp as one confidential OpenID Connect client of the IdP (DESIGN §2, §4).
+//! mxidp as one confidential OpenID Connect client of the IdP (docs/architecture.md).
 
 use std::time::SystemTime;
 
@@ -92,7 +92,7 @@ impl Upstream {
         &self.settings
     }
 
-    /// The IdP's signing keys (shared with the JWT shim, DESIGN §5.3).
+    /// The IdP's signing keys (shared with the JWT shim, docs/token-model.md).
     pub fn jwks(&self) -> &JwksCache {
         &self.jwks
     }

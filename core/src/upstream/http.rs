@@ -8,7 +8,7 @@ use url::form_urlencoded;
 
 use super::{ClientAuthMethod, UpstreamError, UpstreamSettings};
 
-/// Largest IdP response body mxidp reads (DESIGN §10: every body has a size limit). Discovery
+/// Largest IdP response body mxidp reads (docs/architecture.md: every body has a size limit). Discovery
 /// documents, JWKS and token responses are a few KiB; 1 MiB leaves room for large key sets.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -89,7 +89,7 @@ pub(crate) struct OAuthErrorBody {
 }
 
 /// Turns a non-success answer into the most precise [`UpstreamError`]: `invalid_grant` is its own
-/// variant because it ends the session for good (DESIGN §4).
+/// variant because it ends the session for good (docs/token-model.md).
 pub(crate) fn error_from_response(status: reqwest::StatusCode, body: &[u8]) -> UpstreamError {
     match serde_json::from_slice::<OAuthErrorBody>(body) {
         Ok(err) => {

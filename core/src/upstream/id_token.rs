@@ -17,7 +17,7 @@ use super::jwks::JwksCache;
 /// The validated claims of an ID token.
 #[derive(Debug, Clone)]
 pub struct IdTokenClaims {
-    /// The IdP's subject identifier (the stable key for most IdPs, DESIGN §6).
+    /// The IdP's subject identifier (the stable key for most IdPs, docs/identity.md).
     pub sub: String,
     /// The IdP session id, used to match back-channel logout tokens.
     pub sid: Option<String>,

@@ -1,4 +1,4 @@
-//! The generic OpenID Connect client: mxidp is ONE confidential client of the IdP (DESIGN §2).
+//! The generic OpenID Connect client: mxidp is ONE confidential client of the IdP (docs/architecture.md).
 //! Discovery, JWKS, ID-token validation, code exchange, userinfo, refresh, revocation.
 //! Provider adapters customise behaviour through [`crate::provider::Provider`], not here.
 
