@@ -1,7 +1,13 @@
 //! The test OpenID Provider: `node tests/idp/server.mjs <config.json>` (oidc-provider 9).
 //!
 //! Headless login: see the header of `tests/idp/server.mjs` and [`super::browser`].
+//!
+//! Defaults: oidc-provider's own `conformIdTokenClaims: true` (with the code flow, profile,
+//! e-mail and group claims are released by userinfo only, OIDC Core §5.4) and
+//! `rotateRefreshToken: true`. A test changes them through [`IdpConfig::extra`], or, for an IdP
+//! started by someone else (e.g. `Stack::start`), with [`with_overrides`].
 
+use std::future::Future;
 use std::process::Command;
 use std::time::Duration;
 
@@ -130,8 +136,9 @@ pub struct IdpConfig {
     pub clients: Vec<IdpClient>,
     /// Keyed by the login name typed into the form (the `sub` also works as login name).
     pub accounts: Vec<(String, IdpAccount)>,
-    /// Further top-level config for server.mjs, e.g. `{"ttl": {"AccessToken": 5}}`,
-    /// `{"rotateRefreshToken": false}`, `{"conformIdTokenClaims": true}`.
+    /// Further top-level config for server.mjs (merged last), e.g.
+    /// `{"ttl": {"AccessToken": 5}}`, `{"rotateRefreshToken": false}`,
+    /// `{"conformIdTokenClaims": false}` (profile/e-mail claims in the ID token too).
     pub extra: Map<String, Value>,
 }
 
@@ -145,12 +152,43 @@ impl IdpConfig {
         self
     }
 
+    /// Sets one top-level key of server.mjs's config (see [`Self::extra`]).
+    pub fn set(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
     /// Adds an account whose login name is its `preferred_username`.
     pub fn account(mut self, account: IdpAccount) -> Self {
         self.accounts
             .push((account.preferred_username.clone(), account));
         self
     }
+}
+
+/// The harness's own top-level defaults, before [`IdpConfig::extra`] and [`with_overrides`].
+/// server.mjs defaults `conformIdTokenClaims` to false (for direct use); the harness uses
+/// oidc-provider's default, the spec-conformant one.
+fn harness_defaults() -> Map<String, Value> {
+    let mut defaults = Map::new();
+    defaults.insert("conformIdTokenClaims".into(), json!(true));
+    defaults
+}
+
+tokio::task_local! {
+    static OVERRIDES: Map<String, Value>;
+}
+
+/// Runs `future` with `overrides` (a JSON object of top-level server.mjs keys) merged last into
+/// the configuration of every IdP that [`Idp::start`] starts within it, in the same task. For
+/// stacks that build their [`IdpConfig`] themselves, e.g.
+/// `with_overrides(json!({"rotateRefreshToken": false}), Stack::start(accounts)).await` or
+/// `with_overrides(json!({"conformIdTokenClaims": false}), ...)`.
+pub async fn with_overrides<F: Future>(overrides: Value, future: F) -> F::Output {
+    let Value::Object(overrides) = overrides else {
+        panic!("IdP config overrides must be a JSON object, not {overrides}")
+    };
+    OVERRIDES.scope(overrides, future).await
 }
 
 /// A running test IdP; killed on drop.
@@ -202,7 +240,10 @@ impl Idp {
                 .map(|(login, a)| (login.clone(), a.to_json()))
                 .collect::<Map<_, _>>(),
         });
-        json.as_object_mut().unwrap().extend(config.extra.clone());
+        let top = json.as_object_mut().unwrap();
+        top.extend(harness_defaults());
+        top.extend(config.extra.clone());
+        let _ = OVERRIDES.try_with(|overrides| top.extend(overrides.clone()));
 
         let dir = tempfile::Builder::new()
             .prefix("mxidp-idp-")
