@@ -120,9 +120,12 @@ fn idp_config(stub: &Url) -> IdpConfig {
     client.backchannel_logout_uri = Some(stub.join("backchannel-logout").unwrap().to_string());
     client.backchannel_logout_session_required = Some(true);
     client.post_logout_redirect_uris = vec![stub.join("logged-out").unwrap().to_string()];
+    // The profile claims in the ID token, which this smoke test reads; the harness default
+    // is oidc-provider's own (claims in userinfo only), exercised by tests/e2e.rs.
     IdpConfig::new()
         .client(client)
         .account(IdpAccount::new("alice"))
+        .set("conformIdTokenClaims", json!(false))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

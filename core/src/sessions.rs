@@ -116,6 +116,12 @@ pub async fn end_session(
         )
         .await?;
     }
+    if let Acceptance::Stored(id) = acceptance {
+        // Durable already; this only saves the client the worker's wake-up.
+        if let Err(e) = crate::events::pipeline::apply_now(app, id).await {
+            tracing::warn!(session = %session.id, error = %e, "session end left to the event worker");
+        }
+    }
     Ok(acceptance)
 }
 

@@ -65,12 +65,7 @@ impl AdminApi {
             .map_err(|e| format!("cannot derive the admin API URL: {e}"))?;
         let token_endpoint = Url::parse(&format!("{issuer_text}/protocol/openid-connect/token"))
             .map_err(|e| format!("cannot derive the token endpoint: {e}"))?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("mxidp-keycloak/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = mxidp_core::outbound::client(timeout).map_err(|e| e.to_string())?;
         Ok(Self {
             users_base,
             token_endpoint,

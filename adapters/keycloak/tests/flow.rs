@@ -313,11 +313,11 @@ async fn the_matrix_admin_realm_role_grants_the_synapse_admin_scope() {
         .as_str()
         .unwrap()
         .contains("urn:synapse:admin"));
-    // Keyed on (keycloak, sub).
+    // Keyed on (upstream id, sub), not on the adapter name.
     assert!(env
         .app
         .store
-        .identity_by_subject("keycloak", "user-2")
+        .identity_by_subject(&env.app.mapping.upstream_id, "user-2")
         .await
         .unwrap()
         .is_some());
@@ -341,7 +341,7 @@ async fn without_the_access_role_the_login_is_refused_with_a_page_and_no_account
     assert!(env
         .app
         .store
-        .identity_by_subject("keycloak", "user-3")
+        .identity_by_subject(&env.app.mapping.upstream_id, "user-3")
         .await
         .unwrap()
         .is_none());
@@ -400,7 +400,7 @@ async fn a_deleted_user_is_deactivated_and_the_localpart_tombstoned() {
     let identity = env
         .app
         .store
-        .identity_by_subject("keycloak", sub)
+        .identity_by_subject(&env.app.mapping.upstream_id, sub)
         .await
         .unwrap()
         .unwrap();
