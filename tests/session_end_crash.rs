@@ -100,14 +100,15 @@ impl Harness {
         self.store
             .add_client(&RegisteredClient {
                 client_id: CLIENT.into(),
-                metadata: json!({
+                metadata: serde_json::from_value(json!({
                     "redirect_uris": ["https://client.example.org/cb"],
                     "client_uri": "https://client.example.org/",
                     "client_name": "Crash client",
                     "logo_uri": null, "tos_uri": null, "policy_uri": null,
                     "application_type": "web",
                     "grant_types": ["authorization_code", "refresh_token"],
-                }),
+                }))
+                .unwrap(),
                 created_at: 1,
             })
             .await

@@ -127,9 +127,10 @@ pub struct UpstreamConfig {
     pub account_url: Option<Url>,
     /// Re-validation of the IdP's tokens (docs/token-model.md): `session` trusts mxidp's session state;
     /// `introspect` also asks the IdP (RFC 7662) about tokens Synapse introspects, in the
-    /// background, at most once per `revalidation_cache_seconds` per token.
+    /// background, at most once per `revalidation_cache_seconds` per token. Unset: the
+    /// adapter's default (`session` for generic OIDC).
     #[serde(default)]
-    pub revalidation: Revalidation,
+    pub revalidation: Option<Revalidation>,
     #[serde(default = "default_revalidation_cache")]
     pub revalidation_cache_seconds: u64,
 }
@@ -733,7 +734,10 @@ impl Config {
                 }
             }
         }
-        if self.upstream.revalidation != Revalidation::Session
+        if self
+            .upstream
+            .revalidation
+            .is_some_and(|r| r != Revalidation::Session)
             && self.upstream.revalidation_cache_seconds == 0
         {
             push(
@@ -812,6 +816,40 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// An optional secret given inline (`key`) or as a file (`key_file`), never both: what adapters'
+/// settings use for their secrets, with the same rules as mxidp's own (docs/architecture.md).
+pub fn optional_secret(
+    key: &str,
+    inline: &Option<SecretString>,
+    file: &Option<PathBuf>,
+) -> Result<Option<SecretString>, Problem> {
+    match (inline, file) {
+        (None, None) => Ok(None),
+        (Some(s), None) if s.is_empty() => Err(Problem {
+            key: key.to_owned(),
+            message: "is empty".into(),
+        }),
+        _ => secret_from(key, inline, file).map(Some),
+    }
+}
+
+impl Config {
+    /// An adapter's typed settings from `[adapters.<name>]` (the defaults when the table is
+    /// absent); a problem names the table.
+    pub fn adapter_settings<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, Problem> {
+        match self.adapters.get(name) {
+            None => Ok(T::default()),
+            Some(table) => serde_json::from_value(table.clone()).map_err(|e| Problem {
+                key: format!("adapters.{name}"),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// A secret given either inline or as a file (trailing newline removed), never both.
 fn secret_from(
     key: &str,
@@ -882,7 +920,7 @@ client_secret = "s3cret"
 
     #[test]
     fn revalidation_modes() {
-        assert_eq!(parse(GOOD).upstream.revalidation, Revalidation::Session);
+        assert_eq!(parse(GOOD).upstream.revalidation, None);
         let with = |extra: &str| {
             parse(&GOOD.replace(
                 "client_secret = \"s3cret\"",
@@ -890,7 +928,7 @@ client_secret = "s3cret"
             ))
         };
         let on = with("revalidation = \"introspect\"");
-        assert_eq!(on.upstream.revalidation, Revalidation::Introspect);
+        assert_eq!(on.upstream.revalidation, Some(Revalidation::Introspect));
         assert_eq!(on.upstream.revalidation_cache_seconds, 60);
         assert_eq!(on.check(), vec![]);
         let keys: Vec<String> =

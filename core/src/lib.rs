@@ -11,6 +11,7 @@ pub mod homeserver;
 pub mod http;
 pub mod identity;
 pub mod ids;
+pub mod jwt;
 pub mod outbound;
 pub mod provider;
 pub mod receivers;

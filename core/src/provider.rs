@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::events::{ReceivedEvent, WebhookError, WebhookRequest};
+use crate::config::Revalidation;
+use crate::events::{IdpEvent, ReceivedEvent, WebhookError, WebhookRequest};
 use crate::upstream::{ProviderMetadata, UpstreamError};
 
 /// Claims of one login: the ID token's claims, with userinfo merged in when configured.
@@ -32,6 +33,28 @@ pub enum UserStatus {
     Disabled,
     /// Gone from the IdP.
     Deleted,
+}
+
+impl UserStatus {
+    /// The status event for what the IdP says of a user now: the one mapping from a user's
+    /// status to an event, used by reconciliation, adapters' webhooks and `UserChanged`.
+    pub fn event(self, subject: &str) -> Option<IdpEvent> {
+        let subject = subject.to_owned();
+        match self {
+            UserStatus::Active => Some(IdpEvent::UserUnlocked { subject }),
+            UserStatus::Disabled => Some(IdpEvent::UserLocked { subject }),
+            UserStatus::Deleted => Some(IdpEvent::UserDeleted { subject }),
+            UserStatus::Unknown => None,
+        }
+    }
+}
+
+/// What the webhook endpoint answers to a verification request (a `GET` some IdPs send once,
+/// when the hook is registered, before any event: Okta Event Hooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookChallenge {
+    /// The JSON body to answer with 200.
+    pub body: Value,
 }
 
 /// Adapters implement this with `#[async_trait]` only if they override an async hook.
@@ -96,15 +119,17 @@ pub trait Provider: Send + Sync {
         Err(WebhookError::Unsupported)
     }
 
-    /// The webhook receiver's entry point: [`Provider::parse_webhook`], then whatever the adapter
-    /// must ask its IdP before the events are stored (Keycloak re-reads a user whose admin event
-    /// carried a partial representation). An adapter overriding this still verifies the sender
-    /// on the raw bytes first and asks nothing of its IdP for an unverified delivery.
-    async fn receive_webhook(
+    /// Answers the IdP's one-time verification of the webhook endpoint (`GET`), after checking
+    /// the sender as for a delivery. Nothing is stored. The default has none (404).
+    ///
+    /// There is deliberately no hook that asks the IdP anything before a delivery's 2xx: an
+    /// adapter that must read the user back (Keycloak's partial admin representation) emits
+    /// [`IdpEvent::UserChanged`], which the event worker resolves with [`Provider::user_status`].
+    fn webhook_verification(
         &self,
-        request: &WebhookRequest<'_>,
-    ) -> Result<Vec<ReceivedEvent>, WebhookError> {
-        self.parse_webhook(request)
+        _request: &WebhookRequest<'_>,
+    ) -> Result<WebhookChallenge, WebhookError> {
+        Err(WebhookError::Unsupported)
     }
 
     /// Where the IdP lets the user manage their account for an action, when it has such a page.
@@ -119,8 +144,22 @@ pub trait Provider: Send + Sync {
         true
     }
 
+    /// The re-validation mode when `upstream.revalidation` is not set: an IdP whose
+    /// introspection is rate-limited or missing says so here.
+    fn default_revalidation(&self) -> Revalidation {
+        Revalidation::Session
+    }
+
+    /// The `aud` the IdP puts in the JWT access tokens it issues to mxidp, when it is not
+    /// mxidp's client id (Auth0's API audience). `jwt` re-validation accepts a token whose `aud`
+    /// holds mxidp's client id, this value, or whose `azp` is mxidp's client id.
+    fn access_token_audience(&self) -> Option<String> {
+        None
+    }
+
     /// The user's status at the IdP, asked by reconciliation for IdPs that never send some
-    /// events (a disabled or deleted user). An adapter with a user API overrides this; each call
+    /// events (a disabled or deleted user), and by the event worker for a
+    /// [`IdpEvent::UserChanged`]. An adapter with a user API overrides this; each call
     /// that answers anything but [`UserStatus::Unknown`] counts against
     /// `reconciliation.max_requests_per_second`. An error is counted and changes nothing.
     async fn user_status(&self, _subject: &str) -> Result<UserStatus, UpstreamError> {

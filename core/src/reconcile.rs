@@ -120,12 +120,11 @@ pub async fn reconcile_round(
             report.idp_requests += 1;
         }
         let event = match status {
+            // Reconciliation only finds what the IdP never said: it does not unlock.
             Ok(UserStatus::Unknown | UserStatus::Active) => continue,
-            Ok(UserStatus::Disabled) => IdpEvent::UserLocked {
-                subject: subject.to_owned(),
-            },
-            Ok(UserStatus::Deleted) => IdpEvent::UserDeleted {
-                subject: subject.to_owned(),
+            Ok(status) => match status.event(subject) {
+                Some(event) => event,
+                None => continue,
             },
             Err(e) => {
                 tracing::debug!(%subject, error = %e, "reconciliation: no user status");

@@ -28,9 +28,10 @@ use crate::app::App;
 use crate::cache::ActiveToken;
 use crate::config::Revalidation;
 use crate::ids::{now_unix, TokenHash};
+use crate::jwt::{verify_jwt, JwtRules, TokenError};
 use crate::sessions::EndCause;
 use crate::store::SessionState;
-use crate::upstream::{verify_jws, IdTokenError, TokenTypeHint, Upstream, UpstreamError};
+use crate::upstream::{TokenTypeHint, Upstream, UpstreamError};
 
 static UNSUPPORTED_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -133,26 +134,37 @@ pub enum JwtVerdict {
     Unknown(String),
 }
 
-/// Verifies a JWT access token with the IdP's cached keys and the ID-token algorithm allow-list.
-pub async fn verify_access_jwt(upstream: &Upstream, token: &str, now: i64) -> JwtVerdict {
+/// Verifies a JWT access token with the IdP's cached keys and the one JWT verifier: the
+/// ID-token algorithm allow-list, `typ` (none, `JWT` or RFC 9068's `at+jwt`), `iss`, an `aud`
+/// naming mxidp's client or the adapter's API audience (or an `azp` naming mxidp's client),
+/// `exp` and `nbf`.
+pub async fn verify_access_jwt(
+    upstream: &Upstream,
+    extra_audience: Option<String>,
+    token: &str,
+    now: i64,
+) -> JwtVerdict {
     let settings = upstream.settings();
-    match verify_jws(token, upstream.jwks(), &settings.allowed_algorithms).await {
-        Ok(jws) => {
-            let leeway = settings.leeway.as_secs() as i64;
-            let iss = jws.claims.get("iss").and_then(|v| v.as_str());
-            if iss != Some(upstream.metadata().issuer.as_str()) {
-                return JwtVerdict::Invalid(format!("issuer {iss:?}"));
-            }
-            match jws.claims.get("exp").and_then(|v| v.as_i64()) {
-                Some(exp) if exp + leeway < now => JwtVerdict::Invalid(format!("expired at {exp}")),
-                _ => JwtVerdict::Valid,
-            }
-        }
+    let mut audiences = vec![settings.client_id.clone()];
+    audiences.extend(extra_audience);
+    let rules = JwtRules {
+        types: &[None, Some("jwt"), Some("at+jwt")],
+        issuer: upstream.metadata().issuer.as_str(),
+        audiences: &audiences,
+        require_jti: false,
+        authorized_party: Some(settings.client_id.as_str()),
+        require_iat: false,
+        require_exp: true,
+        max_age_without_exp: None,
+        leeway: settings.leeway.as_secs() as i64,
+        now,
+    };
+    match verify_jwt(token, upstream.jwks(), &settings.allowed_algorithms, &rules).await {
+        Ok(_) => JwtVerdict::Valid,
         Err(
-            e @ (IdTokenError::Malformed(_)
-            | IdTokenError::Encrypted
-            | IdTokenError::KeysUnavailable(_)
-            | IdTokenError::UnknownKey { .. }),
+            e @ (TokenError::Malformed(_)
+            | TokenError::KeysUnavailable(_)
+            | TokenError::UnknownKey(_)),
         ) => JwtVerdict::Unknown(e.to_string()),
         Err(e) => JwtVerdict::Invalid(e.to_string()),
     }
@@ -182,7 +194,8 @@ async fn check(app: &App, session_id: &str) {
     let token = token.expose();
     let mode = app.revalidator.as_ref().map(|r| r.mode);
     if mode == Some(Revalidation::Jwt) {
-        match verify_access_jwt(&upstream, token, now_unix()).await {
+        let audience = app.provider.access_token_audience();
+        match verify_access_jwt(&upstream, audience, token, now_unix()).await {
             JwtVerdict::Valid => return,
             JwtVerdict::Unknown(why) => {
                 if !UNSUPPORTED_WARNED.swap(true, Ordering::Relaxed) {
@@ -247,8 +260,8 @@ mod tests {
         let upstream = idp.upstream().await;
         let now = now_unix();
         let claims = |patch: serde_json::Value| {
-            let mut c =
-                json!({"iss": idp.issuer(), "sub": "alice-sub", "iat": now, "exp": now + 300});
+            let mut c = json!({"iss": idp.issuer(), "aud": crate::upstream::test_idp::CLIENT_ID,
+                "sub": "alice-sub", "iat": now, "exp": now + 300});
             for (k, v) in patch.as_object().unwrap() {
                 c[k] = v.clone();
             }
@@ -256,7 +269,7 @@ mod tests {
         };
         let good = idp.mint_id_token(TestIdp::default_header(), claims(json!({})));
         assert_eq!(
-            verify_access_jwt(&upstream, &good, now).await,
+            verify_access_jwt(&upstream, None, &good, now).await,
             JwtVerdict::Valid
         );
 
@@ -265,7 +278,7 @@ mod tests {
             claims(json!({"exp": now - 3600})),
         );
         assert!(matches!(
-            verify_access_jwt(&upstream, &expired, now).await,
+            verify_access_jwt(&upstream, None, &expired, now).await,
             JwtVerdict::Invalid(_)
         ));
         let foreign = idp.mint_id_token(
@@ -273,24 +286,65 @@ mod tests {
             claims(json!({"iss": "https://evil.example/"})),
         );
         assert!(matches!(
-            verify_access_jwt(&upstream, &foreign, now).await,
+            verify_access_jwt(&upstream, None, &foreign, now).await,
             JwtVerdict::Invalid(_)
         ));
         let mut tampered = good.clone();
         tampered.truncate(tampered.len() - 4);
         tampered.push_str("AAAA");
         assert!(matches!(
-            verify_access_jwt(&upstream, &tampered, now).await,
+            verify_access_jwt(&upstream, None, &tampered, now).await,
             JwtVerdict::Invalid(_)
         ));
         let none = idp.mint_id_token(json!({"alg": "none"}), claims(json!({})));
         assert!(matches!(
-            verify_access_jwt(&upstream, &none, now).await,
+            verify_access_jwt(&upstream, None, &none, now).await,
+            JwtVerdict::Invalid(_)
+        ));
+        // The audience: mxidp's client, the adapter's API audience, or mxidp as `azp`.
+        let other_api = idp.mint_id_token(
+            TestIdp::default_header(),
+            claims(json!({"aud": "https://api.example/"})),
+        );
+        assert!(matches!(
+            verify_access_jwt(&upstream, None, &other_api, now).await,
+            JwtVerdict::Invalid(why) if why.contains("audience")
+        ));
+        assert_eq!(
+            verify_access_jwt(
+                &upstream,
+                Some("https://api.example/".into()),
+                &other_api,
+                now
+            )
+            .await,
+            JwtVerdict::Valid
+        );
+        let mut keycloak_style = claims(json!({"azp": crate::upstream::test_idp::CLIENT_ID}));
+        keycloak_style.as_object_mut().unwrap().remove("aud");
+        let keycloak_style = idp.mint_id_token(TestIdp::default_header(), keycloak_style);
+        assert_eq!(
+            verify_access_jwt(&upstream, None, &keycloak_style, now).await,
+            JwtVerdict::Valid
+        );
+        // RFC 9068's `typ` is accepted; a logout token is no access token.
+        let mut at_jwt = TestIdp::default_header();
+        at_jwt["typ"] = json!("at+jwt");
+        let at_jwt = idp.mint_id_token(at_jwt, claims(json!({})));
+        assert_eq!(
+            verify_access_jwt(&upstream, None, &at_jwt, now).await,
+            JwtVerdict::Valid
+        );
+        let mut logout = TestIdp::default_header();
+        logout["typ"] = json!("logout+jwt");
+        let logout = idp.mint_id_token(logout, claims(json!({})));
+        assert!(matches!(
+            verify_access_jwt(&upstream, None, &logout, now).await,
             JwtVerdict::Invalid(_)
         ));
         // An opaque token gets no verdict: nothing is ended on a guess.
         assert!(matches!(
-            verify_access_jwt(&upstream, "opaque-token", now).await,
+            verify_access_jwt(&upstream, None, "opaque-token", now).await,
             JwtVerdict::Unknown(_)
         ));
     }

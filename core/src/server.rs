@@ -137,6 +137,7 @@ pub fn assemble(
     provider: Arc<dyn Provider>,
 ) -> Result<App, BuildError> {
     let s = &config.sessions;
+    let revalidator = revalidator(config, provider.as_ref());
     Ok(Arc::new(AppState {
         issuer: config.http.public_base.clone(),
         mapping: mapping_settings(config)?,
@@ -157,15 +158,22 @@ pub fn assemble(
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)
             .map_err(|e| BuildError::Http(e.to_string()))?,
-        revalidator: (config.upstream.revalidation != crate::config::Revalidation::Session).then(
-            || {
-                crate::revalidate::Revalidator::with_mode(
-                    Duration::from_secs(config.upstream.revalidation_cache_seconds),
-                    config.upstream.revalidation,
-                )
-            },
-        ),
+        revalidator,
     }))
+}
+
+/// `upstream.revalidation`, or the adapter's default when unset.
+fn revalidator(config: &Config, provider: &dyn Provider) -> Option<crate::revalidate::Revalidator> {
+    let mode = config
+        .upstream
+        .revalidation
+        .unwrap_or_else(|| provider.default_revalidation());
+    (mode != crate::config::Revalidation::Session).then(|| {
+        crate::revalidate::Revalidator::with_mode(
+            Duration::from_secs(config.upstream.revalidation_cache_seconds),
+            mode,
+        )
+    })
 }
 
 /// The outbound client (see [`crate::outbound`]), for the builders here.
@@ -353,7 +361,7 @@ pub fn router(state: App) -> Router {
         )
         .route(
             &format!("/{}", crate::receivers::paths::WEBHOOK),
-            post(crate::receivers::webhook::post),
+            post(crate::receivers::webhook::post).get(crate::receivers::webhook::get),
         )
         .route("/health/live", get(http::health::live))
         .route("/health/ready", get(http::health::ready))

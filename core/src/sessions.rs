@@ -35,10 +35,13 @@ pub enum EndCause {
     /// The sign-in could not finish (the homeserver refused the device): nobody holds its
     /// tokens, and the IdP's are revoked.
     SigninFailed,
+    /// A session from before mxidp issued its own tokens (its client holds the IdP's): ended by
+    /// the database migration that introduced them.
+    TokenModelUpgrade,
 }
 
 impl EndCause {
-    pub const ALL: [EndCause; 7] = [
+    pub const ALL: [EndCause; 8] = [
         EndCause::Revoked,
         EndCause::CodeReplayed,
         EndCause::RefreshReused,
@@ -46,6 +49,7 @@ impl EndCause {
         EndCause::Revalidation,
         EndCause::Reconciliation,
         EndCause::SigninFailed,
+        EndCause::TokenModelUpgrade,
     ];
 
     /// The event source, in the `idp_events` table and the audit log.
@@ -58,6 +62,7 @@ impl EndCause {
             EndCause::Revalidation => "revalidation",
             EndCause::Reconciliation => "reconciliation",
             EndCause::SigninFailed => "signin_failed",
+            EndCause::TokenModelUpgrade => "token_model_upgrade",
         }
     }
 
@@ -71,6 +76,7 @@ impl EndCause {
             EndCause::Revalidation => "IdP calls the token inactive",
             EndCause::Reconciliation => "IdP calls the session inactive",
             EndCause::SigninFailed => "homeserver refused the device at sign-in",
+            EndCause::TokenModelUpgrade => "upgrade to mxidp's own tokens",
         }
     }
 

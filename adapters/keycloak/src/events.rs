@@ -79,13 +79,7 @@ pub fn status_event(
     user_id: &str,
     status: UserStatus,
 ) -> Option<ReceivedEvent> {
-    let subject = user_id.to_owned();
-    let event = match status {
-        UserStatus::Active => IdpEvent::UserUnlocked { subject },
-        UserStatus::Disabled => IdpEvent::UserLocked { subject },
-        UserStatus::Deleted => IdpEvent::UserDeleted { subject },
-        UserStatus::Unknown => return None,
-    };
+    let event = status.event(user_id)?;
     Some(ReceivedEvent {
         dedupe_key: dedupe_key.to_owned(),
         occurred_at,

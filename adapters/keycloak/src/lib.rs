@@ -7,8 +7,8 @@
 //! - the account console at `{issuer}/account`, with the MSC4191 actions mapped to its pages;
 //! - webhooks from event-listener extensions ([`events`]): Phase Two keycloak-events (HMAC) and
 //!   plain `EventRepresentation` / `AdminEventRepresentation` JSON (HTTP Basic);
-//! - the user's status from the admin REST API ([`admin`]), for reconciliation and to re-read a
-//!   user whose admin event carried a partial representation.
+//! - the user's status from the admin REST API ([`admin`]), for reconciliation and for the
+//!   event worker to re-read a user whose admin event carried a partial representation.
 //!
 //! Everything else is the generic default: `sub` as the subject (the Keycloak user id),
 //! `prompt=create` only when discovery advertises it (Keycloak ≥ 26.1), no `offline_access`
@@ -16,11 +16,11 @@
 //! back-channel logout through core's receiver, which accepts Keycloak's `typ` `JWT` (< 25) and
 //! `logout+jwt`, a missing `exp` (< 23.0.4) and a bare-string `aud`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
-use mxidp_core::config::{Config, Problem};
-use mxidp_core::events::{ReceivedEvent, WebhookError, WebhookRequest};
+use mxidp_core::config::{optional_secret, Config, Problem};
+use mxidp_core::events::{IdpEvent, ReceivedEvent, WebhookError, WebhookRequest};
 use mxidp_core::provider::{string_list, AccountAction, Claims, Provider, UserStatus};
 use mxidp_core::secret::SecretString;
 use mxidp_core::upstream::{ProviderMetadata, UpstreamError};
@@ -89,25 +89,16 @@ impl Keycloak {
     /// Builds the adapter from `[adapters.keycloak]`; every problem names its key.
     pub fn from_config(config: &Config) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
-        let settings: KeycloakConfig = match config.adapters.get(NAME) {
-            None => KeycloakConfig::default(),
-            Some(table) => serde_json::from_value(table.clone()).map_err(|e| {
-                vec![Problem {
-                    key: "adapters.keycloak".into(),
-                    message: e.to_string(),
-                }]
-            })?,
-        };
-        let mut secret =
-            |key: &str, inline: &Option<SecretString>, file: &Option<PathBuf>| match secret_from(
-                key, inline, file,
-            ) {
+        let settings: KeycloakConfig = config.adapter_settings(NAME).map_err(|p| vec![p])?;
+        let mut secret = |key: &str, inline: &Option<SecretString>, file: &Option<PathBuf>| {
+            match optional_secret(key, inline, file) {
                 Ok(s) => s,
                 Err(p) => {
                     problems.push(p);
                     None
                 }
-            };
+            }
+        };
         let hmac = secret(
             "adapters.keycloak.webhook_secret",
             &settings.webhook_secret,
@@ -170,38 +161,26 @@ impl Keycloak {
         })
     }
 
-    async fn refine(&self, events: Vec<WebhookEvent>) -> Vec<ReceivedEvent> {
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            out.extend(self.confirm(event).await);
-        }
-        out
-    }
-
     /// A user update with the admin API configured: the event's representation is the request
     /// body of the admin's `PUT` (possibly partial, absent unless "Include representation" is on,
-    /// docs/providers.md, Keycloak), so the user's state is read back from Keycloak instead.
-    async fn confirm(&self, event: WebhookEvent) -> Option<ReceivedEvent> {
-        let WebhookEvent::UserUpdated {
-            dedupe_key,
-            occurred_at,
-            user_id,
-            enabled,
-        } = &event
-        else {
-            return event.into_received();
-        };
-        let Some(admin) = &self.admin else {
-            return event.into_received();
-        };
-        match admin.user_status(user_id).await {
-            Ok(status) => events::status_event(dedupe_key, *occurred_at, user_id, status),
-            Err(e) => {
-                // Keycloak's own answer is unavailable: act on the representation when it says
-                // something; reconciliation (`user_status`) catches the rest later.
-                tracing::warn!(error = %e, representation_says_enabled = ?enabled, "keycloak: re-reading an updated user failed");
-                event.into_received()
-            }
+    /// docs/providers.md, Keycloak), so the event worker reads the user back from Keycloak
+    /// ([`Provider::user_status`]) before acting, never the webhook before its 2xx.
+    fn to_received(&self, event: WebhookEvent) -> Option<ReceivedEvent> {
+        match event {
+            WebhookEvent::UserUpdated {
+                dedupe_key,
+                occurred_at,
+                user_id,
+                enabled,
+            } if self.admin.is_some() => Some(ReceivedEvent {
+                dedupe_key,
+                occurred_at,
+                event: IdpEvent::UserChanged {
+                    subject: user_id,
+                    enabled,
+                },
+            }),
+            other => other.into_received(),
         }
     }
 }
@@ -236,17 +215,8 @@ impl Provider for Keycloak {
     ) -> Result<Vec<ReceivedEvent>, WebhookError> {
         Ok(events::parse(&self.webhook, request)?
             .into_iter()
-            .filter_map(WebhookEvent::into_received)
+            .filter_map(|event| self.to_received(event))
             .collect())
-    }
-
-    async fn receive_webhook(
-        &self,
-        request: &WebhookRequest<'_>,
-    ) -> Result<Vec<ReceivedEvent>, WebhookError> {
-        // Verified and parsed before anything is asked of Keycloak.
-        let parsed = events::parse(&self.webhook, request)?;
-        Ok(self.refine(parsed).await)
     }
 
     /// The account console (v3, Keycloak 24–26) routes by path under `{issuer}/account/`:
@@ -275,34 +245,6 @@ impl Provider for Keycloak {
             None => Ok(UserStatus::Unknown),
         }
     }
-}
-
-fn secret_from(
-    key: &str,
-    inline: &Option<SecretString>,
-    file: &Option<PathBuf>,
-) -> Result<Option<SecretString>, Problem> {
-    let problem = |message: String| Problem {
-        key: key.into(),
-        message,
-    };
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(problem(format!("set {key} or {key}_file, not both"))),
-        (Some(s), None) if s.is_empty() => Err(problem("is empty".into())),
-        (Some(s), None) => Ok(Some(s.clone())),
-        (None, Some(path)) => read_secret(path).map(Some).map_err(problem),
-        (None, None) => Ok(None),
-    }
-}
-
-fn read_secret(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let value = text.trim_end_matches(['\r', '\n']);
-    if value.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(SecretString::new(value))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::audit::{self, AuditEntry};
 use crate::config::CredentialChangePolicy;
 use crate::homeserver::{HomeserverError, ProvisionRequest};
 use crate::ids::Localpart;
+use crate::provider::UserStatus;
 use crate::store::{Session, StoreError};
 
 /// What applying an event came to.
@@ -36,6 +37,9 @@ pub(super) enum ActionError {
     HomeserverDown { call: &'static str },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The IdP did not answer a question the event needs answered.
+    #[error("identity provider: {0}")]
+    Idp(String),
 }
 
 impl ActionError {
@@ -44,7 +48,9 @@ impl ActionError {
     pub(super) fn is_transient(&self) -> bool {
         match self {
             ActionError::Homeserver { error, .. } => error.is_transient(),
-            ActionError::HomeserverDown { .. } | ActionError::Store(_) => true,
+            ActionError::HomeserverDown { .. } | ActionError::Store(_) | ActionError::Idp(_) => {
+                true
+            }
         }
     }
 }
@@ -115,9 +121,28 @@ impl Action<'_> {
             }
         }
         let localpart = &identity.localpart;
+        let resolved;
+        let event = match event {
+            IdpEvent::UserChanged { subject, enabled } => {
+                match self.resolve(subject, *enabled).await? {
+                    Some(status) => {
+                        resolved = status;
+                        &resolved
+                    }
+                    None => {
+                        return Ok(Outcome::Ignored(
+                            "the IdP says nothing of the user's status".into(),
+                        ))
+                    }
+                }
+            }
+            other => other,
+        };
 
         match event {
-            IdpEvent::SessionEnded { .. } | IdpEvent::MxidpSessionEnded { .. } => {
+            IdpEvent::SessionEnded { .. }
+            | IdpEvent::MxidpSessionEnded { .. }
+            | IdpEvent::UserChanged { .. } => {
                 unreachable!("handled above")
             }
             IdpEvent::AllSessionsEnded { .. } => {
@@ -169,6 +194,33 @@ impl Action<'_> {
             }
         }
         Ok(Outcome::Applied)
+    }
+
+    /// What a `UserChanged` comes to: the IdP's answer now, else what the delivery claimed.
+    /// An IdP that cannot be reached is a transient failure: the event is retried.
+    async fn resolve(
+        &self,
+        subject: &str,
+        enabled: Option<bool>,
+    ) -> Result<Option<IdpEvent>, ActionError> {
+        let status = self
+            .app
+            .provider
+            .user_status(subject)
+            .await
+            .map_err(|e| ActionError::Idp(e.to_string()))?;
+        let status = match (status, enabled) {
+            (UserStatus::Unknown, Some(true)) => UserStatus::Active,
+            (UserStatus::Unknown, Some(false)) => UserStatus::Disabled,
+            (status, _) => status,
+        };
+        self.audit(
+            "idp.user_status",
+            subject,
+            format!("ok: {status:?}").to_lowercase(),
+        )
+        .await;
+        Ok(status.event(subject))
     }
 
     /// Ends the subject's active sessions and revokes them at the IdP (after the store, so

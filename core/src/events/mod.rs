@@ -34,6 +34,15 @@ pub enum IdpEvent {
     CredentialChanged {
         subject: String,
     },
+    /// Something about the user changed and the delivery does not say what for sure (Keycloak's
+    /// admin update carries the admin's possibly partial request). The worker asks the IdP
+    /// ([`crate::provider::Provider::user_status`]) and applies the status it answers; when the
+    /// IdP cannot say, `enabled` (what the delivery claimed, if anything) decides.
+    UserChanged {
+        subject: String,
+        #[serde(default)]
+        enabled: Option<bool>,
+    },
     /// One mxidp session is over at the IdP, found by mxidp itself (reconciliation: the IdP
     /// says its refresh token is no longer active) rather than named by an IdP `sid`.
     MxidpSessionEnded {
@@ -89,6 +98,7 @@ impl IdpEvent {
             IdpEvent::UserReactivated { .. } => "user_reactivated",
             IdpEvent::UserDeleted { .. } => "user_deleted",
             IdpEvent::CredentialChanged { .. } => "credential_changed",
+            IdpEvent::UserChanged { .. } => "user_changed",
             IdpEvent::MxidpSessionEnded { .. } => "mxidp_session_ended",
         }
     }
@@ -103,6 +113,7 @@ impl IdpEvent {
                 | IdpEvent::UserDeactivated { .. }
                 | IdpEvent::UserReactivated { .. }
                 | IdpEvent::UserDeleted { .. }
+                | IdpEvent::UserChanged { .. }
         )
     }
 
@@ -117,7 +128,8 @@ impl IdpEvent {
             | IdpEvent::UserDeactivated { subject, .. }
             | IdpEvent::UserReactivated { subject }
             | IdpEvent::UserDeleted { subject }
-            | IdpEvent::CredentialChanged { subject } => Some(subject),
+            | IdpEvent::CredentialChanged { subject }
+            | IdpEvent::UserChanged { subject, .. } => Some(subject),
         }
     }
 }

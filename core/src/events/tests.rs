@@ -31,6 +31,10 @@ async fn env() -> Env {
 
 /// `extra` is TOML appended to the configuration, e.g. an `[events]` section.
 async fn env_with(extra: &str) -> Env {
+    env_with_provider(extra, Arc::new(GenericOidc)).await
+}
+
+async fn env_with_provider(extra: &str, provider: Arc<dyn crate::provider::Provider>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mxidp.toml");
     std::fs::write(
@@ -57,8 +61,7 @@ client_secret = "unused-here"
     let config = crate::config::Config::load(Some(&path)).unwrap();
     let hs = MemoryHomeserver::new("example.org");
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-    let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), Arc::new(GenericOidc))
-        .unwrap();
+    let app = crate::server::assemble(&config, store, Arc::new(hs.clone()), provider).unwrap();
     // The introspection cache holds every active token from here on (as after a start).
     crate::server::warm_introspection_cache(&app).await.unwrap();
     Env { app, hs, _dir: dir }
@@ -991,4 +994,88 @@ async fn a_session_found_dead_by_reconciliation_ends_alone_and_once() {
         .await;
     env.run(t0()).await;
     assert_eq!(env.event(unknown).await.state, EventState::Ignored);
+}
+
+/// An IdP with a user API: `user_status` answers from a table; a missing subject is an outage.
+struct UserApi(std::sync::Mutex<std::collections::HashMap<String, crate::provider::UserStatus>>);
+
+#[async_trait::async_trait]
+impl crate::provider::Provider for UserApi {
+    async fn user_status(
+        &self,
+        subject: &str,
+    ) -> Result<crate::provider::UserStatus, crate::upstream::UpstreamError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(subject)
+            .copied()
+            .ok_or_else(|| crate::upstream::UpstreamError::Protocol("unreachable".into()))
+    }
+}
+
+#[tokio::test]
+async fn user_changed_is_resolved_by_asking_the_idp_in_the_worker() {
+    use crate::provider::UserStatus;
+    let api = Arc::new(UserApi(Default::default()));
+    let env = env_with_provider("", api.clone()).await;
+    env.user("sub-ann", "ann").await;
+    env.session("sub-ann", "ann", "DEVICEANN1", None).await;
+
+    // The IdP cannot be asked: the event waits, nothing is done on the delivery's word alone.
+    let id = env
+        .accept(
+            "changed-1",
+            t0(),
+            IdpEvent::UserChanged {
+                subject: subject("sub-ann"),
+                enabled: Some(true),
+            },
+        )
+        .await;
+    env.run(t0()).await;
+    assert_eq!(env.event(id).await.state, EventState::Failed);
+    assert_eq!(env.session_state("DEVICEANN1").await, SessionState::Active);
+
+    // The IdP says disabled, whatever the delivery claimed: locked and signed out.
+    api.0
+        .lock()
+        .unwrap()
+        .insert("sub-ann".into(), UserStatus::Disabled);
+    env.run(t0() + 3600).await;
+    assert_eq!(env.event(id).await.state, EventState::Applied);
+    assert!(env.hs.user(&lp("ann")).unwrap().locked);
+    assert_eq!(env.session_state("DEVICEANN1").await, SessionState::Ended);
+
+    // The IdP cannot say (no user API for this user): the delivery's `enabled` decides, and
+    // without one nothing is done.
+    api.0
+        .lock()
+        .unwrap()
+        .insert("sub-ann".into(), UserStatus::Unknown);
+    let unlock = env
+        .accept(
+            "changed-2",
+            t0() + 10,
+            IdpEvent::UserChanged {
+                subject: subject("sub-ann"),
+                enabled: Some(true),
+            },
+        )
+        .await;
+    env.run(t0() + 3600).await;
+    assert_eq!(env.event(unlock).await.state, EventState::Applied);
+    assert!(!env.hs.user(&lp("ann")).unwrap().locked);
+    let silent = env
+        .accept(
+            "changed-3",
+            t0() + 20,
+            IdpEvent::UserChanged {
+                subject: subject("sub-ann"),
+                enabled: None,
+            },
+        )
+        .await;
+    env.run(t0() + 3600).await;
+    assert_eq!(env.event(silent).await.state, EventState::Ignored);
 }

@@ -118,14 +118,7 @@ pub async fn get(
         .await
         .map_err(|e| RouteError::Page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", format!("Reference {}", internal("load client", &e))))?
         .ok_or_else(|| page("Unknown application", "This application is not registered with this server. Try signing in again from the application."))?;
-    let metadata: ClientMetadata =
-        serde_json::from_value(client.metadata.clone()).map_err(|e| {
-            RouteError::Page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                format!("Reference {}", internal("client metadata", &e)),
-            )
-        })?;
+    let metadata: &ClientMetadata = &client.metadata;
     let presented = q
         .redirect_uri
         .as_deref()

@@ -46,8 +46,7 @@ pub async fn continue_after_login(
                 "The application is no longer registered.".into(),
             )
         })?;
-    let metadata: ClientMetadata = serde_json::from_value(client.metadata)
-        .map_err(|e| RouteError::internal("client metadata", &e))?;
+    let metadata: ClientMetadata = client.metadata;
     let client_uri = metadata.client_uri.to_string();
     let name = metadata
         .client_name

@@ -44,7 +44,7 @@ pub async fn post(State(app): State<App>, body: axum::body::Bytes) -> Result<Res
         .map_err(|e| RouteError::Internal(internal("serialise client", &e)))?;
     let client = RegisteredClient {
         client_id: client_id.clone(),
-        metadata: metadata_json.clone(),
+        metadata,
         created_at: crate::ids::now_unix(),
     };
     app.store

@@ -115,14 +115,13 @@ struct SealedTokens {
 
 /// The registered client, typed; `invalid_client` when there is none.
 async fn registered_client(app: &AppState, client_id: &str) -> Result<ClientMetadata, RouteError> {
-    let client = app
+    Ok(app
         .store
         .client(client_id)
         .await
         .map_err(store_error("load client"))?
-        .ok_or(RouteError::InvalidClient)?;
-    serde_json::from_value(client.metadata)
-        .map_err(|e| RouteError::Internal(internal("stored client metadata", &e)))
+        .ok_or(RouteError::InvalidClient)?
+        .metadata)
 }
 
 /// A pair of new Matrix tokens for a session, with the records the store keeps of them.

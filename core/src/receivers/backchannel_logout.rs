@@ -86,6 +86,8 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), LogoutError> {
     let settings = upstream.settings();
     let audiences = [settings.client_id.clone()];
     let rules = JwtRules {
+        require_jti: true,
+        authorized_party: None,
         types: &[Some("logout+jwt"), Some("JWT"), None],
         issuer: &upstream.metadata().issuer,
         audiences: &audiences,

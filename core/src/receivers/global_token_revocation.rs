@@ -124,6 +124,8 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
         .clone()
         .unwrap_or_else(|| app.url(super::paths::GLOBAL_TOKEN_REVOCATION).to_string())];
     let rules = JwtRules {
+        require_jti: true,
+        authorized_party: None,
         // Explicit typing is what keeps an ID token or a SET of the same issuer out.
         types: &[Some("global-token-revocation+jwt")],
         issuer: &transmitter.issuer,

@@ -70,7 +70,9 @@ impl IntoResponse for SsfError {
                 };
                 return (status, self.to_string()).into_response();
             }
-            SsfError::Token(TokenError::Key(_) | TokenError::BadSignature) => "invalid_key",
+            SsfError::Token(
+                TokenError::Key(_) | TokenError::UnknownKey(_) | TokenError::BadSignature,
+            ) => "invalid_key",
             SsfError::Token(TokenError::WrongIssuer(_)) => "invalid_issuer",
             SsfError::Token(TokenError::WrongAudience) => "invalid_audience",
             _ => "invalid_request",
@@ -114,6 +116,8 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
         ],
     };
     let rules = JwtRules {
+        require_jti: true,
+        authorized_party: None,
         // RFC 8417 §2.3 recommends `secevent+jwt`; an untyped SET is still a SET.
         types: &[Some("secevent+jwt"), Some("JWT"), None],
         issuer: &transmitter.issuer,

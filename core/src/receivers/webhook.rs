@@ -1,5 +1,5 @@
 //! The provider's own webhook: `POST /upstream/webhook`. The adapter verifies the sender on the
-//! raw bytes and parses the payload ([`crate::provider::Provider::receive_webhook`]); every event
+//! raw bytes and parses the payload ([`crate::provider::Provider::parse_webhook`]); every event
 //! is stored under the source `webhook:<provider>` before the 200.
 //!
 //! Answers: 200 once every event is durable (duplicates included: webhooks are delivered at
@@ -17,14 +17,10 @@ use crate::events::{Acceptance, WebhookError, WebhookRequest};
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let source = format!("webhook:{}", app.provider.name());
-    let events = match app
-        .provider
-        .receive_webhook(&WebhookRequest {
-            headers: &headers,
-            body: &body,
-        })
-        .await
-    {
+    let events = match app.provider.parse_webhook(&WebhookRequest {
+        headers: &headers,
+        body: &body,
+    }) {
         Ok(events) => events,
         Err(error) => {
             let status = match &error {
@@ -65,6 +61,30 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     }
     tracing::debug!(source, stored, "webhook delivery accepted");
     StatusCode::OK.into_response()
+}
+
+/// `GET /upstream/webhook`: the IdP's one-time verification of the endpoint (Okta Event
+/// Hooks), answered by the adapter after it checked the sender; nothing is stored.
+pub async fn get(State(app): State<App>, headers: HeaderMap) -> Response {
+    let source = format!("webhook:{}", app.provider.name());
+    match app.provider.webhook_verification(&WebhookRequest {
+        headers: &headers,
+        body: &[],
+    }) {
+        Ok(challenge) => {
+            tracing::info!(source, "webhook verification answered");
+            axum::Json(challenge.body).into_response()
+        }
+        Err(WebhookError::Unsupported) => StatusCode::NOT_FOUND.into_response(),
+        Err(error) => {
+            refused(&app, &source, &error.to_string(), "-").await;
+            let status = match error {
+                WebhookError::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            crate::error_reply::oauth_error(status, "access_denied", error.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +196,64 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(env.events().await, vec![]);
+    }
+
+    /// Okta-style verification: a one-time GET that echoes a challenge header, sender checked.
+    struct Verifying;
+
+    impl Provider for Verifying {
+        fn webhook_verification(
+            &self,
+            request: &WebhookRequest<'_>,
+        ) -> Result<crate::provider::WebhookChallenge, WebhookError> {
+            if request.headers.get("x-test-secret").map(|v| v.as_bytes()) != Some(b"s3cret") {
+                return Err(WebhookError::Unauthenticated);
+            }
+            let challenge = request
+                .headers
+                .get("x-challenge")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| WebhookError::Malformed("no challenge".into()))?;
+            Ok(crate::provider::WebhookChallenge {
+                body: json!({ "verification": challenge }),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhook_verification_is_answered_by_the_adapter_and_stores_nothing() {
+        let env = Env::with(Options {
+            provider: Arc::new(Verifying),
+            ..Options::default()
+        })
+        .await;
+        let get = |secret: &'static str| {
+            env.http
+                .get(env.url(crate::receivers::paths::WEBHOOK))
+                .header("x-test-secret", secret)
+                .header("x-challenge", "abc123")
+                .send()
+        };
+        let answer = get("s3cret").await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(
+            answer.json::<Value>().await.unwrap(),
+            json!({"verification": "abc123"})
+        );
+        assert_eq!(
+            get("wrong").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(env.events().await, vec![]);
+        // Generic OIDC has no webhook, so no verification either.
+        let generic = Env::start().await;
+        let answer = generic
+            .http
+            .get(generic.url(crate::receivers::paths::WEBHOOK))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

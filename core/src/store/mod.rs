@@ -36,8 +36,8 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegisteredClient {
     pub client_id: String,
-    /// The validated registration metadata, as JSON (see [`crate::registration::ClientMetadata`]).
-    pub metadata: serde_json::Value,
+    /// The validated registration metadata, typed: parsed once, when the client registered.
+    pub metadata: crate::registration::ClientMetadata,
     pub created_at: i64,
 }
 

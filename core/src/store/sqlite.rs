@@ -159,7 +159,10 @@ impl Store for SqliteStore {
     async fn add_client(&self, client: &RegisteredClient) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO clients (client_id, metadata, created_at) VALUES (?, ?, ?)")
             .bind(&client.client_id)
-            .bind(client.metadata.to_string())
+            .bind(
+                serde_json::to_string(&client.metadata)
+                    .map_err(|e| StoreError::Corrupt(format!("client metadata: {e}")))?,
+            )
             .bind(client.created_at)
             .execute(&self.pool)
             .await?;
@@ -707,5 +710,60 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(session_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::events::{EventState, EventStore, IdpEvent};
+
+    #[tokio::test]
+    async fn sessions_from_before_own_tokens_are_ended_through_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let all = sqlx::migrate!("./migrations/sqlite");
+        let before = sqlx::migrate::Migrator {
+            migrations: Cow::Owned(
+                all.migrations
+                    .iter()
+                    .filter(|m| m.version < 8)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for (id, active) in [("old-active", 1), ("old-ended", 0)] {
+            sqlx::query(
+                "INSERT INTO sessions (id, provider, subject, localpart, device_id, client_id, \
+                 scope, admin, active, created_at) VALUES (?, 'generic', 's', 'alice', 'DEVICEOLD1', \
+                 'c', 'openid', 0, ?, 1)",
+            )
+            .bind(id)
+            .bind(active)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let events = store.list_events(None, 10).await.unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].state, EventState::Pending);
+        assert_eq!(events[0].source, "token_model_upgrade");
+        assert_eq!(
+            events[0].event,
+            IdpEvent::MxidpSessionEnded {
+                session_id: "old-active".into()
+            }
+        );
     }
 }
