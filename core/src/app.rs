@@ -26,6 +26,7 @@ pub mod paths {
     pub const CALLBACK: &str = "upstream/callback";
     pub const CONSENT: &str = "consent";
     pub const ACCOUNT: &str = "account";
+    pub const ACCOUNT_CONFIRM: &str = "account/confirm";
 }
 
 /// Settings of the identity mapping, parsed once at start.

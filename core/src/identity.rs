@@ -276,18 +276,56 @@ pub fn display_name(
 /// reset elsewhere, invites, lookups), so an address counts only when the IdP asserts
 /// `email_verified: true` (JSON boolean). A missing `email_verified` is not taken as verified:
 /// some IdPs let users type any address.
+///
+/// An address Synapse would refuse is skipped (see [`synapse_accepts_email`]): profile data
+/// never blocks a sign-in. The caller logs it.
 pub fn verified_emails(claims: &Map<String, Value>) -> Vec<String> {
     let verified = claims.get("email_verified") == Some(&Value::Bool(true));
     match claims.get("email").and_then(Value::as_str).map(str::trim) {
-        Some(email) if verified && email.contains('@') => vec![email.to_owned()],
+        Some(email) if verified && synapse_accepts_email(email) => vec![email.to_owned()],
         _ => Vec::new(),
     }
+}
+
+/// Whether Synapse can parse the address as a 3PID: it splits on `@` and wants exactly two
+/// non-empty parts, and refuses over 500 characters (its `MAX_EMAIL_ADDRESS_LENGTH`); an address
+/// with white space or control characters is no address either. Otherwise Synapse answers 400
+/// "Unable to parse email address" and the whole provisioning fails.
+pub fn synapse_accepts_email(email: &str) -> bool {
+    let mut parts = email.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && email.len() <= 500
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn emails_synapse_would_refuse_are_skipped() {
+        for bad in [
+            "a@b@c",
+            "@example.org",
+            "alice@",
+            "al ice@example.org",
+            "no-at-sign",
+        ] {
+            assert!(!synapse_accepts_email(bad), "{bad}");
+            let c = claims(json!({"email": bad, "email_verified": true}));
+            assert_eq!(verified_emails(&c), Vec::<String>::new(), "{bad}");
+        }
+        assert!(synapse_accepts_email("alice@example.org"));
+        assert!(!synapse_accepts_email(&format!(
+            "{}@example.org",
+            "a".repeat(500)
+        )));
+    }
 
     fn claims(v: Value) -> Map<String, Value> {
         match v {

@@ -348,6 +348,10 @@ pub fn router(state: App) -> Router {
         .route(&format!("/{}", http::paths::INTROSPECT), post(http::introspect::post))
         .route(&format!("/{}", http::paths::ACCOUNT), get(http::account::get))
         .route(
+            &format!("/{}", http::paths::ACCOUNT_CONFIRM),
+            post(http::account::confirm),
+        )
+        .route(
             &format!("/{}", crate::receivers::paths::BACKCHANNEL_LOGOUT),
             post(crate::receivers::backchannel_logout::post),
         )

@@ -9,6 +9,7 @@ use crate::identity::{
 use crate::ids::{now_unix, Localpart};
 use crate::provider::{Claims, Provider};
 use crate::store::{Identity, Store, StoreError};
+use serde_json::Value;
 
 /// The Matrix user a sign-in maps to.
 #[derive(Debug, Clone)]
@@ -76,6 +77,23 @@ pub async fn resolve(
         None => link_new_identity(claims, &subject, mapping, store, homeserver).await?,
     };
     let emails = verified_emails(claims);
+    if emails.is_empty() && claims.get("email_verified") == Some(&Value::Bool(true)) {
+        // Skipped rather than refused: Synapse would answer 400 to the whole provisioning.
+        tracing::warn!(%subject, "the IdP's verified e-mail is not an address Synapse accepts; not synced");
+        crate::audit::record(
+            store,
+            crate::audit::AuditEntry {
+                actor: "mxidp".into(),
+                action: "profile.email_skipped".into(),
+                target: subject.clone(),
+                source: "signin".into(),
+                outcome: "skipped: Synapse cannot parse the address".into(),
+                correlation_id: subject.clone(),
+                details: serde_json::Value::Null,
+            },
+        )
+        .await;
+    }
     // Kept current on every sign-in: IdP events may name the user by e-mail only.
     store
         .set_identity_email(

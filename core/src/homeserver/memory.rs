@@ -111,6 +111,14 @@ impl MemoryHomeserver {
             .unwrap_or_default()
     }
 
+    /// A device's display name, when it has one.
+    pub fn device_display_name(&self, localpart: &Localpart, device: &DeviceId) -> Option<String> {
+        self.state()
+            .users
+            .get(localpart)
+            .and_then(|user| user.devices.get(device).cloned().flatten())
+    }
+
     /// Puts a user in place directly, without recording a call.
     pub fn insert_user(&self, localpart: Localpart, user: MemoryUser) {
         self.state().users.insert(localpart, user);
@@ -233,6 +241,12 @@ impl HomeserverConnection for MemoryHomeserver {
             state.users.insert(localpart.clone(), user);
             Provisioned::Created
         };
+        // Synapse's canonicalise_email: exactly one `@`, else the whole call fails with 400.
+        if let FieldAction::Set(emails) = &request.emails {
+            if emails.iter().any(|e| e.trim().split('@').count() != 2) {
+                return Err(rejected("M_UNKNOWN", "Unable to parse email address"));
+            }
+        }
         let user = state.user_mut(localpart)?;
         match &request.displayname {
             FieldAction::Keep => {}
@@ -262,6 +276,14 @@ impl HomeserverConnection for MemoryHomeserver {
         display_name: Option<&str>,
     ) -> Result<(), HomeserverError> {
         let mut state = self.enter(format!("upsert_device {localpart} {device_id}"))?;
+        // Synapse's MAX_DEVICE_DISPLAY_NAME_LEN.
+        if display_name.is_some_and(|n| n.chars().count() > 100) {
+            return Err(HomeserverError::Rejected {
+                status: 400,
+                errcode: "M_INVALID_PARAM".into(),
+                message: "Device display name is too long (max 100)".into(),
+            });
+        }
         let user = state.user_mut(localpart)?;
         let entry = user.devices.entry(device_id.clone()).or_default();
         if let Some(name) = display_name {

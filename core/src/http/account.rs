@@ -1,7 +1,14 @@
 //! `GET /account` (`account_management_uri`, MSC4191): sends the user to where the action can
 //! be done. Profile and device pages live at the IdP when it has them. A cross-signing reset
-//! re-authenticates the user at the IdP (`prompt=login`, `max_age=0`) and then opens Synapse's
-//! 10-minute window for replacing the cross-signing keys (docs/synapse-contract.md).
+//! re-authenticates the user at the IdP (`prompt=login`, `max_age=0`), shows a confirmation page
+//! that names the action, the Matrix user and the consequence, and only when that page is
+//! submitted (`POST /account/confirm`, a CSRF token bound to the browser that started) opens
+//! Synapse's 10-minute window for replacing the cross-signing keys (docs/synapse-contract.md).
+//!
+//! Why the confirmation: a genuine reset link is a GET anyone can send. Someone holding a stolen
+//! access token could send the victim the link and, once the victim signed in at the IdP,
+//! replace the victim's cryptographic identity within the window. The page tells the victim
+//! what is about to happen, and nothing happens unless they say so from the same browser.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,10 +16,14 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::authorize::{pkce_s256, see_other, BrowserBinding};
-use super::{internal, pages, App, AppState};
+use super::browser_flow::same_browser;
+use super::{internal, pages, paths, App, AppState};
 use crate::ids::{now_unix, random_token, DeviceId};
 use crate::provider::AccountAction;
-use crate::store::{AuthorizationStage, PendingAuthorization, Purpose, ResponseMode};
+use crate::secret::constant_time_eq;
+use crate::store::{
+    AuthorizationStage, PendingAuthorization, Purpose, ResponseMode, UpstreamLogin,
+};
 use crate::upstream::{IdTokenClaims, UpstreamAuthorization, UpstreamTokens};
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +139,6 @@ pub async fn finish_cross_signing_reset(
     validated: &IdTokenClaims,
     tokens: &UpstreamTokens,
 ) -> Response {
-    let _ = app.store.delete_pending(&pending.id).await;
     // mxidp needs only the proof of sign-in, not a session: hand the tokens back to the IdP.
     if let (Some(refresh), Some(upstream)) = (&tokens.refresh_token, app.upstream.get()) {
         let _ = upstream
@@ -185,13 +195,127 @@ pub async fn finish_cross_signing_reset(
             );
         }
     };
+    // Nothing happens yet: the same pending row now waits for the user's confirmation, for a
+    // short while, bound to this browser and its CSRF token.
+    let now = now_unix();
+    let mut confirming = pending.clone();
+    confirming.stage = AuthorizationStage::AwaitingConsent;
+    confirming.expires_at = now + CONFIRMATION_SECONDS;
+    confirming.login = Some(UpstreamLogin {
+        subject: identity.subject.clone(),
+        localpart: identity.localpart.clone(),
+        idp_sid: None,
+        admin: false,
+        sealed_tokens: String::new(),
+        access_expires_in: None,
+        display_name: None,
+        emails: Vec::new(),
+    });
+    if let Err(e) = app.store.update_pending(&confirming).await {
+        let id = internal("store reset confirmation", &e);
+        return pages::error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            &format!("Reference: {id}"),
+        );
+    }
+    pages::confirm_page(&pages::ConfirmView {
+        title: "Reset your cryptographic identity?",
+        action_text: "reset the cryptographic identity (cross-signing keys)",
+        user_id: &format!("@{}:{}", identity.localpart, app.homeserver.server_name()),
+        consequence:
+            "Your Matrix app will then replace your cross-signing keys within 10 minutes. \
+Your other devices and the people you talk to will see a new identity and have to verify you \
+again; encrypted messages you cannot back up may become unreadable. If you did not start this \
+from your own Matrix app, cancel.",
+        confirm_label: "Reset my identity",
+        pending_id: &confirming.id,
+        csrf: &confirming.csrf,
+        action: app.url(paths::ACCOUNT_CONFIRM).as_str(),
+    })
+}
+
+/// How long the confirmation page stays valid.
+const CONFIRMATION_SECONDS: i64 = 300;
+
+// No Debug: it carries the CSRF token.
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    pending: String,
+    csrf: String,
+    decision: String,
+}
+
+/// `POST /account/confirm`: the confirmation of a destructive account action, from the browser
+/// that started it, with its CSRF token. Single use: the pending row goes whatever the answer.
+pub async fn confirm(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<ConfirmForm>,
+) -> Response {
+    let refused = || {
+        pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Not confirmed",
+            "This confirmation is not valid (expired, already used, or from another browser). Start again from your Matrix app.",
+        )
+    };
+    let pending = match app.store.pending(&form.pending).await {
+        Ok(Some(p))
+            if p.purpose == Purpose::CrossSigningReset
+                && p.stage == AuthorizationStage::AwaitingConsent
+                && p.expires_at >= now_unix() =>
+        {
+            p
+        }
+        Ok(_) => return refused(),
+        Err(e) => {
+            let id = internal("load reset confirmation", &e);
+            return pages::error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                &format!("Reference: {id}"),
+            );
+        }
+    };
+    if !same_browser(&app, &headers, &pending)
+        || !constant_time_eq(form.csrf.as_bytes(), pending.csrf.as_bytes())
+    {
+        tracing::warn!(
+            "cross-signing reset confirmation from another browser or without its CSRF token"
+        );
+        return refused();
+    }
+    let _ = app.store.delete_pending(&pending.id).await;
+    let Some(login) = &pending.login else {
+        return refused();
+    };
+    if form.decision != "confirm" {
+        return pages::info_page(
+            "Nothing was changed",
+            "Your cryptographic identity stays as it is. You can close this page.",
+        );
+    }
     match app
         .homeserver
-        .allow_cross_signing_reset(&identity.localpart)
+        .allow_cross_signing_reset(&login.localpart)
         .await
     {
         Ok(()) => {
-            tracing::info!(localpart = %identity.localpart, "cross-signing reset allowed for 10 minutes");
+            tracing::info!(localpart = %login.localpart, "cross-signing reset allowed for 10 minutes");
+            crate::audit::record(
+                app.store.as_ref(),
+                crate::audit::AuditEntry {
+                    actor: format!("user:{}", login.localpart),
+                    action: "account.cross_signing_reset_allowed".into(),
+                    target: login.localpart.to_string(),
+                    source: "account".into(),
+                    outcome: "ok".into(),
+                    correlation_id: pending.id.clone(),
+                    details: serde_json::json!({ "subject": login.subject, "window_seconds": 600 }),
+                },
+            )
+            .await;
             pages::info_page(
                 "Identity reset allowed",
                 "You can now reset your cryptographic identity in your Matrix app. Go back to the app and finish within 10 minutes.",

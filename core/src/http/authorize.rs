@@ -44,6 +44,9 @@ pub struct ClientRedirect {
     pub redirect_uri: Url,
     pub mode: ResponseMode,
     pub state: Option<String>,
+    /// mxidp's issuer, sent as `iss` with every answer (RFC 9207): a client that talks to several
+    /// authorization servers can tell which one answered (mix-up attacks).
+    pub issuer: String,
 }
 
 impl ClientRedirect {
@@ -54,6 +57,7 @@ impl ClientRedirect {
         if let Some(state) = &self.state {
             all.push(("state", state));
         }
+        all.push(("iss", &self.issuer));
         match self.mode {
             ResponseMode::Query => {
                 url.query_pairs_mut().extend_pairs(all);
@@ -145,6 +149,7 @@ pub async fn get(
         redirect_uri: presented.parse().unwrap_or(redirect_uri),
         mode: response_mode,
         state: q.state.clone(),
+        issuer: app.issuer.to_string(),
     });
     let fail = |error: &'static str, description: &str| {
         RouteError::Redirect(to.clone_box(), error, description.to_owned())
@@ -295,6 +300,7 @@ impl ClientRedirect {
             redirect_uri: self.redirect_uri.clone(),
             mode: self.mode,
             state: self.state.clone(),
+            issuer: self.issuer.clone(),
         })
     }
 }

@@ -12,7 +12,10 @@ use crate::ids::TokenHash;
 use crate::secret::constant_time_eq;
 use crate::store::PendingAuthorization;
 
-pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, RouteError> {
+pub fn client_redirect(
+    app: &AppState,
+    p: &PendingAuthorization,
+) -> Result<ClientRedirect, RouteError> {
     Ok(ClientRedirect {
         redirect_uri: p
             .redirect_uri
@@ -20,6 +23,7 @@ pub fn client_redirect(p: &PendingAuthorization) -> Result<ClientRedirect, Route
             .map_err(|e| RouteError::internal("stored redirect uri", &e))?,
         mode: p.response_mode,
         state: p.client_state.clone(),
+        issuer: app.issuer.to_string(),
     })
 }
 

@@ -67,7 +67,7 @@ pub async fn get(
     if pending.purpose == Purpose::CrossSigningReset {
         return reauthenticated(&app, &pending, &q).await;
     }
-    let to = client_redirect(&pending)?;
+    let to = client_redirect(&app, &pending)?;
     let return_denied = to.url(&[("error", "access_denied")]).to_string();
 
     if let Some(error) = q.error.as_deref() {

@@ -118,16 +118,17 @@ pub async fn post(
                 .delete_pending(&pending.id)
                 .await
                 .map_err(|e| RouteError::internal("delete pending", &e))?;
-            let to = client_redirect_for(&pending)?;
+            let to = client_redirect_for(&app, &pending)?;
             Ok(to.error("access_denied", "the user denied access"))
         }
     }
 }
 
 fn client_redirect_for(
+    app: &AppState,
     p: &PendingAuthorization,
 ) -> Result<super::authorize::ClientRedirect, RouteError> {
-    client_redirect(p).map_err(|_| {
+    client_redirect(app, p).map_err(|_| {
         RouteError::Page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
@@ -181,7 +182,7 @@ async fn complete(
         )
         .await
         .map_err(|e| RouteError::internal("store code", &e))?;
-    let to = client_redirect_for(&pending)?;
+    let to = client_redirect_for(app, &pending)?;
     tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "authorization granted");
     Ok(see_other(to.url(&[("code", &code)]).as_str()))
 }

@@ -111,6 +111,56 @@ pub struct ConsentView<'a> {
     pub action: &'a str,
 }
 
+/// A destructive account action awaiting the user's word.
+pub struct ConfirmView<'a> {
+    pub title: &'a str,
+    /// What will be done, after "You are about to".
+    pub action_text: &'a str,
+    pub user_id: &'a str,
+    pub consequence: &'a str,
+    pub confirm_label: &'a str,
+    pub pending_id: &'a str,
+    pub csrf: &'a str,
+    pub action: &'a str,
+}
+
+pub fn confirm_page(view: &ConfirmView<'_>) -> Response {
+    let body = format!(
+        "<h1>{title}</h1>\
+<p>You are about to <strong>{what}</strong> of the Matrix account <strong>{user}</strong>.</p>\
+<p>{consequence}</p>\
+<form method=\"post\" action=\"{action}\">\
+<input type=\"hidden\" name=\"pending\" value=\"{pending}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button class=\"primary\" type=\"submit\" name=\"decision\" value=\"confirm\">{label}</button>\
+<button type=\"submit\" name=\"decision\" value=\"cancel\">Cancel</button></form>",
+        title = escape(view.title),
+        what = escape(view.action_text),
+        user = escape(view.user_id),
+        consequence = escape(view.consequence),
+        action = escape(view.action),
+        pending = escape(view.pending_id),
+        csrf = escape(view.csrf),
+        label = escape(view.confirm_label),
+    );
+    unframed(Html(layout(view.title, &body)).into_response())
+}
+
+/// No caching, no framing (clickjacking), nothing loaded from elsewhere: for pages with a form.
+fn unframed(mut response: Response) -> Response {
+    super::no_store(&mut response);
+    response.headers_mut().insert(
+        axum::http::header::HeaderName::from_static("x-frame-options"),
+        axum::http::HeaderValue::from_static("DENY"),
+    );
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
 pub fn consent_page(view: &ConsentView<'_>) -> Response {
     let admin = if view.admin {
         "<li>administer the homeserver (you are a homeserver administrator)</li>"
@@ -134,20 +184,7 @@ pub fn consent_page(view: &ConsentView<'_>) -> Response {
         pending = escape(view.pending_id),
         csrf = escape(view.csrf),
     );
-    let mut response = Html(layout("Allow access", &body)).into_response();
-    super::no_store(&mut response);
-    // The consent form must not be framed (clickjacking).
-    response.headers_mut().insert(
-        axum::http::header::HeaderName::from_static("x-frame-options"),
-        axum::http::HeaderValue::from_static("DENY"),
-    );
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ),
-    );
-    response
+    unframed(Html(layout("Allow access", &body)).into_response())
 }
 
 #[cfg(test)]

@@ -295,6 +295,11 @@ impl Env {
             params.get("state").map(String::as_str),
             Some("client-state")
         );
+        // RFC 9207: the authorization server names itself in every answer.
+        assert_eq!(
+            params.get("iss").map(String::as_str),
+            Some(self.base.as_str())
+        );
         params
             .get("code")
             .cloned()
@@ -644,7 +649,7 @@ async fn scope_rules_are_enforced_at_authorize() {
 }
 
 #[tokio::test]
-async fn wrong_code_verifier_fails_and_spends_the_code() {
+async fn a_wrong_code_verifier_or_client_fails_without_spending_the_code() {
     let env = env().await;
     let r = env.request("DEVICE000010").await;
     let code = env.sign_in(&r).await;
@@ -669,9 +674,26 @@ async fn wrong_code_verifier_fails_and_spends_the_code() {
         env.hs.devices(&alice()).is_empty(),
         "no device without tokens"
     );
+    // Someone holding the code without its verifier, or another client, cannot burn it.
+    let other_client = env
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &r.redirect_uri),
+            ("code_verifier", &r.verifier),
+            ("client_id", "another-client"),
+        ])
+        .await;
+    assert_eq!(other_client.status(), StatusCode::BAD_REQUEST);
     let right = env.exchange(&r, &code).await;
     assert_eq!(
         right.status(),
+        StatusCode::OK,
+        "the client's own redemption works"
+    );
+    let again = env.exchange(&r, &code).await;
+    assert_eq!(
+        again.status(),
         StatusCode::BAD_REQUEST,
         "the code is single use"
     );
@@ -1147,16 +1169,104 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
         .send()
         .await
         .unwrap();
+    // Signed in again: a confirmation page names the action, the account and the consequence;
+    // nothing is allowed yet.
     assert_eq!(done.status(), StatusCode::OK);
-    assert!(done.text().await.unwrap().contains("reset"));
-    assert!(
+    assert_eq!(done.headers()["x-frame-options"], "DENY");
+    let page = done.text().await.unwrap();
+    assert!(page.contains("cryptographic identity"), "{page}");
+    assert!(page.contains("@alice:example.org"), "{page}");
+    assert!(page.contains("method=\"post\""), "{page}");
+    let allowed = || {
         env.hs
             .calls()
             .iter()
-            .any(|c| c == "allow_cross_signing_reset alice"),
-        "{:?}",
-        env.hs.calls()
-    );
+            .filter(|c| c.starts_with("allow_cross_signing_reset"))
+            .count()
+    };
+    assert_eq!(allowed(), 0, "a GET and a sign-in are not a confirmation");
+    let pending = hidden(&page, "pending");
+    let csrf = hidden(&page, "csrf");
+    let confirm = |cookie: Option<&str>, csrf: &str, decision: &str| {
+        let mut request = env.http.post(env.url("account/confirm")).form(&[
+            ("pending", pending.as_str()),
+            ("csrf", csrf),
+            ("decision", decision),
+        ]);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send()
+    };
+    // Another browser (no cookie), or the right browser without the CSRF token: refused.
+    let other = confirm(None, &csrf, "confirm").await.unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let forged = confirm(Some(&cookie), "wrong-csrf", "confirm")
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(allowed(), 0);
+    // The user confirms from the browser that started it: the window opens, once.
+    let ok = confirm(Some(&cookie), &csrf, "confirm").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(ok.text().await.unwrap().contains("10 minutes"));
+    assert_eq!(allowed(), 1, "{:?}", env.hs.calls());
+    assert!(env
+        .hs
+        .calls()
+        .iter()
+        .any(|c| c == "allow_cross_signing_reset alice"));
+    let again = confirm(Some(&cookie), &csrf, "confirm").await.unwrap();
+    assert_eq!(again.status(), StatusCode::FORBIDDEN, "single use");
+    assert_eq!(allowed(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_cross_signing_reset_changes_nothing() {
+    let env = env().await;
+    env.tokens(&env.request("DEVICE000038").await).await;
+    let start = env
+        .http
+        .get(env.url("account?action=org.matrix.cross_signing_reset"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = start.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let back = env.http.get(location(&start)).send().await.unwrap();
+    let page = env
+        .http
+        .get(location(&back))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cancelled = env
+        .http
+        .post(env.url("account/confirm"))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("pending", hidden(&page, "pending").as_str()),
+            ("csrf", hidden(&page, "csrf").as_str()),
+            ("decision", "cancel"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert!(!env
+        .hs
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("allow_cross_signing_reset")));
 }
 
 #[tokio::test]
@@ -1964,4 +2074,85 @@ async fn fetch_userinfo_false_refuses_a_sign_in_whose_claims_are_only_in_userinf
     assert_eq!(page.status(), StatusCode::FORBIDDEN);
     assert!(page.text().await.unwrap().contains("preferred_username"));
     assert_eq!(env.idp.userinfo_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_client_with_a_long_name_signs_in_with_a_shortened_device_name() {
+    let env = env().await;
+    let registered = env
+        .register(json!({
+            "client_name": "N".repeat(150), "client_uri": "https://client.example.org/",
+            "redirect_uris": ["https://client.example.org/cb"], "application_type": "web",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none"
+        }))
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let mut r = env.request("DEVICE000110").await;
+    r.client_id = registered.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tokens = env.tokens(&r).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["active"],
+        true
+    );
+    let name = env
+        .hs
+        .device_display_name(
+            &alice(),
+            &crate::ids::DeviceId::parse("DEVICE000110").unwrap(),
+        )
+        .expect("the device has a name");
+    assert_eq!(name.chars().count(), 100);
+    assert!(name.starts_with("NNNN") && name.ends_with('…'));
+}
+
+#[tokio::test]
+async fn an_email_synapse_cannot_parse_does_not_block_the_sign_in() {
+    let env = env().await;
+    env.idp.set_next_login(json!({
+        "sub": "alice-sub", "preferred_username": "alice", "name": "Alice Liddell",
+        "email": "alice@corp@example.com", "email_verified": true
+    }));
+    let tokens = env.tokens(&env.request("DEVICE000111").await).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["username"],
+        "alice"
+    );
+    let user = env.hs.user(&alice()).unwrap();
+    assert!(user.emails.is_empty(), "{:?}", user.emails);
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    assert!(records.iter().any(|r| r.action == "profile.email_skipped"));
+}
+
+#[tokio::test]
+async fn authorization_responses_name_the_issuer() {
+    let env = env().await;
+    // `sign_in` checks `iss` in the client's redirect.
+    env.sign_in(&env.request("DEVICE000112").await).await;
+    // An error answer carries it too.
+    let r = env.request("DEVICE000113").await;
+    let (page, cookie) = env.to_callback(&r).await;
+    let denied = env.consent(page, &cookie, "deny").await;
+    let to: Url = location(&denied).parse().unwrap();
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"));
+    assert_eq!(q.get("iss").map(String::as_str), Some(env.base.as_str()));
+    let metadata: Value = env
+        .http
+        .get(env.url(".well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata["authorization_response_iss_parameter_supported"],
+        true
+    );
 }

@@ -167,6 +167,35 @@ impl IssuedTokens {
     }
 }
 
+/// The code was issued to this client, for this redirect URI, and the verifier matches the
+/// challenge (PKCE S256).
+fn check_code_binding(
+    pending: &crate::store::PendingAuthorization,
+    client_id: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Result<(), RouteError> {
+    if !constant_time_eq(client_id.as_bytes(), pending.client_id.as_bytes()) {
+        return Err(RouteError::InvalidGrant(
+            "the code was issued to another client".into(),
+        ));
+    }
+    if redirect_uri != pending.redirect_uri {
+        return Err(RouteError::InvalidGrant(
+            "redirect_uri differs from the authorization request".into(),
+        ));
+    }
+    if !constant_time_eq(
+        pkce_s256(verifier).as_bytes(),
+        pending.code_challenge.as_bytes(),
+    ) {
+        return Err(RouteError::InvalidGrant(
+            "code_verifier does not match the code_challenge".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
     let code = required(&form.code, "code")?;
     let client_id = required(&form.client_id, "client_id")?;
@@ -175,6 +204,16 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     let now = now_unix();
     let code_hash = TokenHash::of(code);
 
+    // The client, its redirect URI and PKCE are checked before the code is spent: a stolen code
+    // presented without its verifier changes nothing.
+    if let Some(pending) = app
+        .store
+        .peek_code(code_hash, now)
+        .await
+        .map_err(store_error("peek code"))?
+    {
+        check_code_binding(&pending, client_id, redirect_uri, verifier)?;
+    }
     let pending = match app
         .store
         .redeem_code(code_hash, now)
@@ -207,25 +246,9 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
             ))
         }
     };
-    // The code is spent from here on, whatever happens.
-    if !constant_time_eq(client_id.as_bytes(), pending.client_id.as_bytes()) {
-        return Err(RouteError::InvalidGrant(
-            "the code was issued to another client".into(),
-        ));
-    }
-    if redirect_uri != pending.redirect_uri {
-        return Err(RouteError::InvalidGrant(
-            "redirect_uri differs from the authorization request".into(),
-        ));
-    }
-    if !constant_time_eq(
-        pkce_s256(verifier).as_bytes(),
-        pending.code_challenge.as_bytes(),
-    ) {
-        return Err(RouteError::InvalidGrant(
-            "code_verifier does not match the code_challenge".into(),
-        ));
-    }
+    // Checked again on what was redeemed: between the look and the redemption nothing may
+    // have changed, but the redemption is what counts.
+    check_code_binding(&pending, client_id, redirect_uri, verifier)?;
     let client = registered_client(app, client_id).await?;
     let login = pending
         .login
@@ -468,8 +491,9 @@ async fn upsert_device(
     login: &crate::store::UpstreamLogin,
     device_id: &crate::ids::DeviceId,
 ) -> Result<(), RouteError> {
+    let name = client.client_name.as_deref().map(device_display_name);
     app.homeserver
-        .upsert_device(&login.localpart, device_id, client.client_name.as_deref())
+        .upsert_device(&login.localpart, device_id, name.as_deref())
         .await
         .map_err(|e| {
             RouteError::Unavailable(format!(
@@ -477,6 +501,19 @@ async fn upsert_device(
                 internal("upsert device", &e)
             ))
         })
+}
+
+/// Synapse refuses a device display name longer than 100 characters (its
+/// `MAX_DEVICE_DISPLAY_NAME_LEN`), which would fail every sign-in through that client: the
+/// client's name is cut to fit, with an ellipsis.
+fn device_display_name(client_name: &str) -> String {
+    const MAX: usize = 100;
+    if client_name.chars().count() <= MAX {
+        return client_name.to_owned();
+    }
+    let mut name: String = client_name.chars().take(MAX - 1).collect();
+    name.push('…');
+    name
 }
 
 fn token_response(issued: &IssuedTokens, expires_in: i64, scope: &str) -> Response {
@@ -499,6 +536,22 @@ fn token_response(issued: &IssuedTokens, expires_in: i64, scope: &str) -> Respon
 fn lifetime_seconds(expires_in: u64) -> i64 {
     const MAX: i64 = 30 * 86_400;
     i64::try_from(expires_in).unwrap_or(MAX).min(MAX)
+}
+
+#[cfg(test)]
+mod device_name_tests {
+    #[test]
+    fn long_client_names_are_cut_to_what_synapse_accepts() {
+        assert_eq!(super::device_display_name("Element"), "Element");
+        let long = "x".repeat(150);
+        let cut = super::device_display_name(&long);
+        assert_eq!(cut.chars().count(), 100);
+        assert!(cut.ends_with('…'));
+        assert_eq!(
+            super::device_display_name(&"é".repeat(100)),
+            "é".repeat(100)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -264,6 +264,14 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         pending_id: &str,
         expires_at: i64,
     ) -> Result<(), StoreError>;
+    /// The pending authorization of a code that is unused and unexpired, without spending it:
+    /// the token endpoint checks the client and PKCE first, so that someone holding a stolen
+    /// code without its verifier cannot burn it.
+    async fn peek_code(
+        &self,
+        code: TokenHash,
+        now: i64,
+    ) -> Result<Option<PendingAuthorization>, StoreError>;
     /// Marks the code used (atomically) and returns what it was for.
     async fn redeem_code(&self, code: TokenHash, now: i64) -> Result<CodeRedemption, StoreError>;
     /// Remembers which session a code created, so a replay can end it.

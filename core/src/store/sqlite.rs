@@ -253,6 +253,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn peek_code(
+        &self,
+        code: TokenHash,
+        now: i64,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let data: Option<String> = sqlx::query_scalar(
+            "SELECT p.data FROM authorization_codes c JOIN pending_authorizations p ON p.id = c.pending_id \
+             WHERE c.code_hash = ? AND c.used_at IS NULL AND c.expires_at >= ?",
+        )
+        .bind(code.to_hex())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        data.as_deref().map(pending_from_json).transpose()
+    }
+
     async fn redeem_code(&self, code: TokenHash, now: i64) -> Result<CodeRedemption, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Marking it used in the same statement that checks it makes redemption single-use even
