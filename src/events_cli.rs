@@ -101,7 +101,7 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(path: Option<PathBuf>) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+pub async fn open(path: Option<PathBuf>) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let config = Config::load(path.as_deref())?;
     let store = SqliteStore::open(&config.database.url)
         .await

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use mxidp_core::config::Config;
 use mxidp_core::provider::{GenericOidc, Provider};
 
+mod clients_cli;
 mod events_cli;
 
 #[derive(Parser)]
@@ -38,6 +39,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: events_cli::EventsCommand,
+    },
+    /// Registered Matrix clients: list them, delete a registration.
+    Clients {
+        #[command(subcommand)]
+        command: clients_cli::ClientsCommand,
     },
     /// The audit log: export for a SIEM, check the hash chain.
     Audit {
@@ -115,6 +121,16 @@ fn main() -> std::process::ExitCode {
         Command::Events { command } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(events_cli::run(command)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mxidp: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Clients { command } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(clients_cli::run(command)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mxidp: {e:#}");

@@ -105,6 +105,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Keys of the configured event transmitters (Shared Signals, global token revocation).
     pub receivers: crate::receivers::keys::ReceiverKeys,
+    /// Per-address limits on anonymous requests that store something.
+    pub limits: crate::limits::RateLimiter,
     /// Background re-validation at the IdP (`upstream.revalidation = "introspect"`).
     pub revalidator: Option<crate::revalidate::Revalidator>,
 }

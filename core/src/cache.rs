@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::ids::TokenHash;
 use crate::scope::introspection_scope;
@@ -28,11 +28,14 @@ pub struct ActiveToken {
     pub device_id: String,
     pub issued_at: i64,
     pub expires_at: Option<i64>,
+    /// The introspection answer up to what changes with the clock (`expires_in`), rendered
+    /// once when the token is cached: the hot path appends a number and a brace.
+    answer_prefix: String,
 }
 
 impl ActiveToken {
     pub fn new(token: &TokenRecord, session: &Session) -> Self {
-        Self {
+        let mut active = Self {
             session_id: session.id.clone(),
             subject: session.subject.clone(),
             localpart: session.localpart.to_string(),
@@ -41,14 +44,50 @@ impl ActiveToken {
             device_id: session.device_id.to_string(),
             issued_at: token.issued_at,
             expires_at: token.expires_at,
+            answer_prefix: String::new(),
+        };
+        active.answer_prefix = active.render_prefix();
+        active
+    }
+
+    fn render_prefix(&self) -> String {
+        let mut answer = serde_json::json!({
+            "active": true,
+            "scope": self.scope,
+            "username": self.localpart,
+            "sub": self.subject,
+            "client_id": self.client_id,
+            "token_type": "access_token",
+            "iat": self.issued_at,
+            "device_id": self.device_id,
+        });
+        if let Some(exp) = self.expires_at {
+            answer["exp"] = serde_json::json!(exp);
         }
+        let mut text = answer.to_string();
+        text.pop(); // the closing brace, appended by `answer` with `expires_in`
+        text
+    }
+
+    /// The JSON introspection answer at `now` (RFC 7662 with Synapse's fields): `expires_in` is
+    /// an integer, as Synapse requires.
+    pub fn answer(&self, now: i64) -> String {
+        let mut answer = String::with_capacity(self.answer_prefix.len() + 24);
+        answer.push_str(&self.answer_prefix);
+        if let Some(exp) = self.expires_at {
+            answer.push_str(",\"expires_in\":");
+            answer.push_str(&(exp - now).max(0).to_string());
+        }
+        answer.push('}');
+        answer
     }
 }
 
 /// What the cache knows about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Active(ActiveToken),
+    /// Shared, not copied: a hit costs a reference count, not six strings.
+    Active(Arc<ActiveToken>),
     /// The cache is complete and does not hold the token: it is not active.
     NotActive,
     /// Ask the store.
@@ -56,7 +95,7 @@ pub enum Lookup {
 }
 
 pub struct IntrospectionCache {
-    entries: RwLock<HashMap<TokenHash, ActiveToken>>,
+    entries: RwLock<HashMap<TokenHash, Arc<ActiveToken>>>,
     capacity: usize,
     complete: AtomicBool,
 }
@@ -80,7 +119,7 @@ impl IntrospectionCache {
                 fits = false;
                 break;
             }
-            entries.insert(hash, token);
+            entries.insert(hash, Arc::new(token));
         }
         self.complete.store(fits, Ordering::Release);
         if !fits {
@@ -112,7 +151,7 @@ impl IntrospectionCache {
             entries.clear();
             self.complete.store(false, Ordering::Release);
         }
-        entries.insert(hash, token);
+        entries.insert(hash, Arc::new(token));
     }
 
     /// Inserts an active token, then re-reads its session: if the session ended meanwhile, the
@@ -168,6 +207,7 @@ mod tests {
                 device_id: "DEVICEDEVICE".into(),
                 issued_at: 0,
                 expires_at: None,
+                answer_prefix: String::new(),
             },
         )
     }
@@ -190,6 +230,23 @@ mod tests {
         cache.insert(h, t);
         assert!(!cache.is_complete(), "overflow gives up completeness");
         assert_eq!(cache.lookup(&token(1).0), Lookup::Unknown);
+    }
+
+    #[test]
+    fn the_prerendered_answer_is_the_introspection_answer() {
+        let (_, mut t) = token(1);
+        t.expires_at = Some(1_000);
+        t.answer_prefix = t.render_prefix();
+        let answer: serde_json::Value = serde_json::from_str(&t.answer(900)).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"active": true, "scope": "s", "username": "alice", "sub": "sub",
+                "client_id": "c", "token_type": "access_token", "iat": 0,
+                "device_id": "DEVICEDEVICE", "exp": 1_000, "expires_in": 100})
+        );
+        // Past its expiry (a race with the clock): never negative.
+        let late: serde_json::Value = serde_json::from_str(&t.answer(2_000)).unwrap();
+        assert_eq!(late["expires_in"], 0);
     }
 
     #[test]

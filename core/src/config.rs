@@ -32,6 +32,8 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub reconciliation: ReconciliationConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
     /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
     #[serde(default)]
@@ -243,6 +245,40 @@ pub struct SessionsConfig {
     /// Entries kept in the introspection cache.
     #[serde(default = "default_cache_entries")]
     pub introspection_cache_entries: usize,
+}
+
+/// `[limits]`: what anonymous requests may make mxidp store (see [`crate::limits`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Client registrations per client address and window.
+    pub registrations_per_window: u32,
+    /// Sign-ins started at `/oauth2/authorize` per client address and window.
+    pub authorizations_per_window: u32,
+    /// Account actions (a cross-signing reset start) per client address and window.
+    pub account_actions_per_window: u32,
+    pub window_seconds: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (the last untrusted entry).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Sign-ins in progress at once, for everyone; past it new ones get 503 until some finish
+    /// or expire.
+    pub max_pending_authorizations: u64,
+    /// A registered client that never completed a sign-in is deleted after this long.
+    pub unused_client_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            registrations_per_window: 60,
+            authorizations_per_window: 300,
+            account_actions_per_window: 30,
+            window_seconds: 600,
+            trusted_proxies: Vec::new(),
+            max_pending_authorizations: 10_000,
+            unused_client_seconds: 86_400,
+        }
+    }
 }
 
 impl Default for SessionsConfig {
@@ -744,6 +780,13 @@ impl Config {
                 &mut problems,
                 "upstream.revalidation_cache_seconds",
                 "must be at least 1 when revalidation is not \"session\"".into(),
+            );
+        }
+        if self.limits.window_seconds == 0 {
+            push(
+                &mut problems,
+                "limits.window_seconds",
+                "must be at least 1".into(),
             );
         }
         let r = &self.reconciliation;

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod jwt;
+pub mod limits;
 pub mod outbound;
 pub mod provider;
 pub mod receivers;

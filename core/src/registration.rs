@@ -103,8 +103,23 @@ fn redirect_err(uri: &str, why: &str) -> RegistrationError {
     RegistrationError::InvalidRedirectUri(format!("redirect URI {} {why}", for_error_text(uri)))
 }
 
+/// Bounds on what an anonymous registration may store. Registration is open to anyone, so each
+/// field has a size a real client never comes near (Element's name is 7 characters, its
+/// redirect URIs two), and a request beyond them is refused rather than stored.
+pub mod bounds {
+    /// Characters of `client_name`; Synapse's device display names take 100 (longer names are
+    /// cut for the device, but stored as given up to this).
+    pub const CLIENT_NAME_CHARS: usize = 256;
+    /// Bytes of any one URI.
+    pub const URI_BYTES: usize = 2048;
+    pub const REDIRECT_URIS: usize = 10;
+    /// Entries of `grant_types` and `response_types` (known and unknown ones together).
+    pub const LIST_ENTRIES: usize = 10;
+}
+
 /// Checks a registration request against the MSC2966 rules and returns what to store.
 pub fn validate(request: ClientRegistrationRequest) -> Result<ClientMetadata, RegistrationError> {
+    check_bounds(&request)?;
     // Only public clients: mxidp has no client secrets or keys to check.
     match request.token_endpoint_auth_method.as_deref() {
         None | Some("none") => {}
@@ -187,6 +202,60 @@ pub fn validate(request: ClientRegistrationRequest) -> Result<ClientMetadata, Re
         application_type,
         grant_types,
     })
+}
+
+fn check_bounds(request: &ClientRegistrationRequest) -> Result<(), RegistrationError> {
+    if request.client_name.as_ref().is_some_and(|n| {
+        n.chars().count() > bounds::CLIENT_NAME_CHARS || n.chars().any(char::is_control)
+    }) {
+        return Err(metadata_err(format!(
+            "client_name must be at most {} characters, without control characters",
+            bounds::CLIENT_NAME_CHARS
+        )));
+    }
+    let uris = [
+        ("client_uri", &request.client_uri),
+        ("logo_uri", &request.logo_uri),
+        ("tos_uri", &request.tos_uri),
+        ("policy_uri", &request.policy_uri),
+    ];
+    for (name, uri) in uris {
+        if uri.as_ref().is_some_and(|u| u.len() > bounds::URI_BYTES) {
+            return Err(metadata_err(format!(
+                "{name} must be at most {} bytes",
+                bounds::URI_BYTES
+            )));
+        }
+    }
+    if let Some(redirects) = &request.redirect_uris {
+        if redirects.len() > bounds::REDIRECT_URIS {
+            return Err(RegistrationError::InvalidRedirectUri(format!(
+                "at most {} redirect URIs",
+                bounds::REDIRECT_URIS
+            )));
+        }
+        if redirects.iter().any(|u| u.len() > bounds::URI_BYTES) {
+            return Err(RegistrationError::InvalidRedirectUri(format!(
+                "a redirect URI must be at most {} bytes",
+                bounds::URI_BYTES
+            )));
+        }
+    }
+    for (name, list) in [
+        ("grant_types", &request.grant_types),
+        ("response_types", &request.response_types),
+    ] {
+        if list
+            .as_ref()
+            .is_some_and(|l| l.len() > bounds::LIST_ENTRIES || l.iter().any(|t| t.len() > 256))
+        {
+            return Err(metadata_err(format!(
+                "{name} must have at most {} entries of at most 256 bytes",
+                bounds::LIST_ENTRIES
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_client_uri(raw: Option<&str>) -> Result<Url, RegistrationError> {
@@ -623,6 +692,35 @@ mod tests {
         let mut req = web(&["https://app.example.com/cb"]);
         req.token_endpoint_auth_method = Some("none".into());
         validate(req).unwrap();
+    }
+
+    #[test]
+    fn oversized_registrations_are_refused() {
+        let mut req = web(&["https://app.example.com/cb"]);
+        req.client_name = Some("x".repeat(60_000));
+        assert!(matches!(
+            validate(req),
+            Err(RegistrationError::InvalidClientMetadata(_))
+        ));
+        let mut req = web(&["https://app.example.com/cb"]);
+        req.redirect_uris = Some(
+            (0..1_500)
+                .map(|i| format!("https://app.example.com/cb{i}"))
+                .collect(),
+        );
+        assert!(matches!(
+            validate(req),
+            Err(RegistrationError::InvalidRedirectUri(_))
+        ));
+        let mut req = web(&["https://app.example.com/cb"]);
+        req.logo_uri = Some(format!("https://app.example.com/{}", "l".repeat(3_000)));
+        assert!(validate(req).is_err());
+        let mut req = web(&["https://app.example.com/cb"]);
+        req.client_name = Some("Element\u{0}".into());
+        assert!(validate(req).is_err());
+        let mut req = web(&["https://app.example.com/cb"]);
+        req.client_name = Some("N".repeat(bounds::CLIENT_NAME_CHARS));
+        assert!(validate(req).is_ok());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use axum::Router;
 use crate::app::{App, AppState, Lifetimes, MappingSettings, UpstreamSlot};
 use crate::http;
 use crate::identity::{AccessPolicy, AdminPolicy, ConflictPolicy, LocalpartTemplate};
+use crate::limits::Bucket;
 use crate::provider::Provider;
 use crate::store::{SqliteStore, Store};
 use crate::upstream::{Upstream, UpstreamSettings};
@@ -159,6 +160,7 @@ pub fn assemble(
         receivers: crate::receivers::ReceiverKeys::from_config(config)
             .map_err(|e| BuildError::Http(e.to_string()))?,
         revalidator,
+        limits: crate::limits::RateLimiter::new(config.limits.clone()),
     }))
 }
 
@@ -279,19 +281,33 @@ pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Prunes expired sign-ins and codes every minute.
+/// Prunes expired sign-ins and codes, and registrations nobody used, every minute.
 pub fn spawn_pruning(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            match app.store.prune(crate::ids::now_unix()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(pruned = n, "pruned expired sign-ins"),
-                Err(e) => tracing::warn!(error = %e, "pruning failed"),
-            }
+            prune_once(&app, crate::ids::now_unix()).await;
         }
     })
+}
+
+/// One pruning round (also what `spawn_pruning` runs every minute).
+pub async fn prune_once(app: &AppState, now: i64) {
+    match app.store.prune(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(pruned = n, "pruned expired sign-ins"),
+        Err(e) => tracing::warn!(error = %e, "pruning failed"),
+    }
+    let unused_before = now.saturating_sub(app.limits.settings().unused_client_seconds as i64);
+    match app.store.prune_unused_clients(unused_before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deleted = n,
+            "deleted client registrations never used for a sign-in"
+        ),
+        Err(e) => tracing::warn!(error = %e, "pruning unused clients failed"),
+    }
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
@@ -301,9 +317,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = router(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address feeds the per-address limits (crate::limits).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The issuer's URL joined with a path, for callers outside the HTTP module.
@@ -321,6 +341,9 @@ pub fn router(state: App) -> Router {
         .allow_origin(tower_http::cors::Any)
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION]);
+    let limited = |bucket| {
+        axum::middleware::from_fn_with_state((state.clone(), bucket), crate::limits::limit)
+    };
     let browser_api = Router::new()
         .route(
             "/.well-known/openid-configuration",
@@ -332,7 +355,7 @@ pub fn router(state: App) -> Router {
         )
         .route(
             &format!("/{}", http::paths::REGISTER),
-            post(http::registration::post),
+            post(http::registration::post).layer(limited(Bucket::Registration)),
         )
         .route(&format!("/{}", http::paths::TOKEN), post(http::token::post))
         .route(
@@ -342,11 +365,17 @@ pub fn router(state: App) -> Router {
         .layer(cors);
     Router::new()
         .merge(browser_api)
-        .route(&format!("/{}", http::paths::AUTHORIZE), get(http::authorize::get))
+        .route(
+            &format!("/{}", http::paths::AUTHORIZE),
+            get(http::authorize::get).layer(limited(Bucket::Authorization)),
+        )
         .route(&format!("/{}", http::paths::CALLBACK), get(http::callback::get))
         .route(&format!("/{}", http::paths::CONSENT), post(http::consent::post))
         .route(&format!("/{}", http::paths::INTROSPECT), post(http::introspect::post))
-        .route(&format!("/{}", http::paths::ACCOUNT), get(http::account::get))
+        .route(
+            &format!("/{}", http::paths::ACCOUNT),
+            get(http::account::get).layer(limited(Bucket::Account)),
+        )
         .route(
             &format!("/{}", http::paths::ACCOUNT_CONFIRM),
             post(http::account::confirm),

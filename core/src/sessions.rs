@@ -38,10 +38,12 @@ pub enum EndCause {
     /// A session from before mxidp issued its own tokens (its client holds the IdP's): ended by
     /// the database migration that introduced them.
     TokenModelUpgrade,
+    /// An operator deleted the client's registration (`mxidp clients delete`).
+    ClientDeleted,
 }
 
 impl EndCause {
-    pub const ALL: [EndCause; 8] = [
+    pub const ALL: [EndCause; 9] = [
         EndCause::Revoked,
         EndCause::CodeReplayed,
         EndCause::RefreshReused,
@@ -50,6 +52,7 @@ impl EndCause {
         EndCause::Reconciliation,
         EndCause::SigninFailed,
         EndCause::TokenModelUpgrade,
+        EndCause::ClientDeleted,
     ];
 
     /// The event source, in the `idp_events` table and the audit log.
@@ -63,6 +66,7 @@ impl EndCause {
             EndCause::Reconciliation => "reconciliation",
             EndCause::SigninFailed => "signin_failed",
             EndCause::TokenModelUpgrade => "token_model_upgrade",
+            EndCause::ClientDeleted => "client_deleted",
         }
     }
 
@@ -77,6 +81,7 @@ impl EndCause {
             EndCause::Reconciliation => "IdP calls the session inactive",
             EndCause::SigninFailed => "homeserver refused the device at sign-in",
             EndCause::TokenModelUpgrade => "upgrade to mxidp's own tokens",
+            EndCause::ClientDeleted => "client registration deleted",
         }
     }
 

@@ -29,7 +29,9 @@ fn prefix(kind: TokenKind) -> &'static str {
 
 /// A new random token of this kind.
 pub fn issue(kind: TokenKind) -> SecretString {
-    let mut rng = rand::rngs::OsRng;
+    // ThreadRng is a CSPRNG (ChaCha, seeded and periodically reseeded from the OS): one
+    // getrandom call per token would cost more than the rest of issuing it.
+    let mut rng = rand::thread_rng();
     let mut token = String::with_capacity(prefix(kind).len() + RANDOM_LEN + 1 + CHECKSUM_LEN);
     token.push_str(prefix(kind));
     for _ in 0..RANDOM_LEN {

@@ -90,6 +90,9 @@ async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Respo
         );
     };
     let now = now_unix();
+    if let Err(refused) = super::authorize::check_pending_capacity(app, now).await {
+        return axum::response::IntoResponse::into_response(refused);
+    }
     let binding = BrowserBinding::of(headers, app.secure_cookies());
     let verifier = random_token(32);
     // Only the upstream half of a pending authorization is used for a re-authentication.

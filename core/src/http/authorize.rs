@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use url::Url;
 
-use super::{internal, pages, App};
+use super::{internal, pages, App, AppState};
 use crate::ids::{now_unix, random_token, TokenHash};
 use crate::registration::{redirect_uri_matches, ClientMetadata};
 use crate::scope::MatrixScope;
@@ -76,6 +76,31 @@ impl ClientRedirect {
                 .as_str(),
         )
     }
+}
+
+/// Refuses a new sign-in while `limits.max_pending_authorizations` are in progress: each one is
+/// a row anyone can create without signing in.
+pub(crate) async fn check_pending_capacity(app: &AppState, now: i64) -> Result<(), RouteError> {
+    let in_progress = app.store.pending_count(now).await.map_err(|e| {
+        RouteError::Page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            format!("Reference {}", internal("count pending", &e)),
+        )
+    })?;
+    if in_progress >= app.limits.settings().max_pending_authorizations {
+        tracing::warn!(
+            in_progress,
+            "sign-ins in progress at limits.max_pending_authorizations"
+        );
+        return Err(RouteError::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins in progress",
+            "The server is handling too many sign-ins right now. Try again in a few minutes."
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// 303 so that a POST (consent) is followed by a GET.
@@ -238,6 +263,7 @@ pub async fn get(
         created_at: now,
         expires_at: now + app.lifetimes.pending_authorization,
     };
+    check_pending_capacity(&app, now).await?;
     app.store.add_pending(&pending).await.map_err(|e| {
         RouteError::Page(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,8 +2,10 @@
 //! cache → store → answer. No network I/O. Unknown, expired, rotated and revoked tokens are
 //! `200 {"active":false}`; only a wrong shared secret is an error (401).
 
+use std::sync::Arc;
+
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -33,15 +35,16 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
         )
             .into_response();
     };
-    match introspect_token(&app, &token, now_unix()).await {
+    let now = now_unix();
+    match introspect_token(&app, &token, now).await {
         Ok(Some(active)) => {
             // Answered from mxidp's state; re-validation at the IdP, if on, runs behind it.
             if let Some(revalidator) = &app.revalidator {
                 revalidator.nudge(&app, &token, &active);
             }
-            Json(active_answer(&active, now_unix())).into_response()
+            json_answer(active.answer(now))
         }
-        Ok(None) => Json(json!({ "active": false })).into_response(),
+        Ok(None) => json_answer(INACTIVE.to_owned()),
         Err(e) => {
             // Synapse turns a non-200 into 503 for its client, which is right for an outage.
             let id = super::internal("introspection", &e);
@@ -54,16 +57,27 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
     }
 }
 
-/// Reads one form field without building a map (the body is `token=…&token_type_hint=…`).
-fn form_value(body: &[u8], name: &str) -> Option<String> {
-    form_urlencoded_pairs(body)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+const INACTIVE: &str = r#"{"active":false}"#;
+
+/// A 200 with a JSON body rendered already (the answers are pre-rendered per token).
+fn json_answer(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
-fn form_urlencoded_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()))
+/// Reads one form field without building a map (the body is `token=…&token_type_hint=…`);
+/// only the value asked for is copied.
+fn form_value(body: &[u8], name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// The active token behind `token`, or `None` when it is not active now.
@@ -71,7 +85,7 @@ pub async fn introspect_token(
     app: &AppState,
     token: &str,
     now: i64,
-) -> Result<Option<ActiveToken>, StoreError> {
+) -> Result<Option<Arc<ActiveToken>>, StoreError> {
     // A token mxidp did not issue is refused before any hashing or lookup.
     if crate::tokens::recognise(token) != Some(TokenKind::Access) {
         return Ok(None);
@@ -94,30 +108,11 @@ pub async fn introspect_token(
             app.cache
                 .insert_checked(app.store.as_ref(), hash, active.clone())
                 .await?;
-            active
+            Arc::new(active)
         }
     };
     Ok(active
         .expires_at
         .is_none_or(|exp| exp > now)
         .then_some(active))
-}
-
-fn active_answer(t: &ActiveToken, now: i64) -> serde_json::Value {
-    let mut answer = json!({
-        "active": true,
-        "scope": t.scope,
-        "username": t.localpart,
-        "sub": t.subject,
-        "client_id": t.client_id,
-        "token_type": "access_token",
-        "iat": t.issued_at,
-        "device_id": t.device_id,
-    });
-    if let Some(exp) = t.expires_at {
-        answer["exp"] = json!(exp);
-        // Synapse requires an integer.
-        answer["expires_in"] = json!((exp - now).max(0));
-    }
-    answer
 }

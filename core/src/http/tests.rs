@@ -2156,3 +2156,113 @@ async fn authorization_responses_name_the_issuer() {
         true
     );
 }
+
+fn registration(name: &str) -> Value {
+    json!({
+        "client_name": name, "client_uri": "https://client.example.org/",
+        "redirect_uris": ["https://client.example.org/cb"], "application_type": "web",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": "none"
+    })
+}
+
+#[tokio::test]
+async fn registrations_past_the_limit_get_429_with_retry_after() {
+    let env = env_with("[limits]\nregistrations_per_window = 2000\nwindow_seconds = 3600").await;
+    for i in 0..2000 {
+        let r = env.register(registration(&format!("client {i}"))).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "registration {i}");
+    }
+    let over = env.register(registration("one too many")).await;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: i64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    // The limit is per endpoint: signing in still works.
+    env.tokens(&Request {
+        client_id: env
+            .app
+            .store
+            .clients(1)
+            .await
+            .unwrap()
+            .remove(0)
+            .0
+            .client_id,
+        redirect_uri: "https://client.example.org/cb".into(),
+        scope: device_scope("DEVICE000114"),
+        verifier: crate::ids::random_token(32),
+        response_mode: None,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_registrations_get_400_and_store_nothing() {
+    let env = env().await;
+    // (A 60,000-character name is refused the same way by `registration::validate`; this
+    // test server's body limit is 4 KiB, so it would answer 413 before that.)
+    let long = env.register(registration(&"x".repeat(300))).await;
+    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        long.json::<Value>().await.unwrap()["error"],
+        "invalid_client_metadata"
+    );
+    let mut many = registration("many");
+    many["redirect_uris"] = json!((0..11)
+        .map(|i| format!("https://client.example.org/cb{i}"))
+        .collect::<Vec<_>>());
+    let many = env.register(many).await;
+    assert_eq!(many.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(env.app.store.clients(10).await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn sign_ins_in_progress_are_capped() {
+    let env = env_with("[limits]\nmax_pending_authorizations = 2").await;
+    let r = env.request("DEVICE000115").await;
+    for _ in 0..2 {
+        let started = env
+            .http
+            .get(env.authorize_url(&r, &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    }
+    let third = env
+        .http
+        .get(env.authorize_url(&r, &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        env.app
+            .store
+            .pending_count(crate::ids::now_unix())
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn registrations_never_used_are_pruned_and_used_ones_kept() {
+    let env = env().await;
+    let used = env.request("DEVICE000116").await;
+    env.tokens(&used).await;
+    let unused = env.register(registration("never used")).await;
+    assert_eq!(unused.status(), StatusCode::CREATED);
+    assert_eq!(env.app.store.clients(10).await.unwrap().len(), 2);
+    // Within the default day nothing goes; after it, only the unused one.
+    crate::server::prune_once(&env.app, crate::ids::now_unix() + 3600).await;
+    assert_eq!(env.app.store.clients(10).await.unwrap().len(), 2);
+    crate::server::prune_once(&env.app, crate::ids::now_unix() + 2 * 86_400).await;
+    let left = env.app.store.clients(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0.client_id, used.client_id);
+}

@@ -348,6 +348,16 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     /// Sets a setting only when it has none yet; returns the value that is stored afterwards.
     async fn init_setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
 
+    /// Sign-ins in progress (pending authorizations not yet expired).
+    async fn pending_count(&self, now: i64) -> Result<u64, StoreError>;
+    /// Deletes clients registered before `created_before` that never got a session: anyone
+    /// can register, so registrations nobody used do not stay forever.
+    async fn prune_unused_clients(&self, created_before: i64) -> Result<u64, StoreError>;
+    /// Registered clients, newest first, with their number of active sessions.
+    async fn clients(&self, limit: i64) -> Result<Vec<(RegisteredClient, u64)>, StoreError>;
+    /// Deletes a client registration; `false` when there was none. Its sessions are not touched.
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError>;
+
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
 
@@ -386,6 +396,8 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         provider: &str,
         sid: &str,
     ) -> Result<Vec<Session>, StoreError>;
+    /// The client's active sessions.
+    async fn active_sessions_of_client(&self, client_id: &str) -> Result<Vec<Session>, StoreError>;
     /// The subject's active sessions.
     async fn active_sessions_of_subject(
         &self,

@@ -616,6 +616,59 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
     }
 
+    async fn pending_count(&self, now: i64) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pending_authorizations WHERE expires_at >= ?")
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn prune_unused_clients(&self, created_before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM clients WHERE created_at < ? \
+             AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = clients.client_id)",
+        )
+        .bind(created_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn clients(&self, limit: i64) -> Result<Vec<(RegisteredClient, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.client_id, c.metadata, c.created_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.client_id = c.client_id AND s.active = 1) AS active \
+             FROM clients c ORDER BY c.created_at DESC, c.client_id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    RegisteredClient {
+                        client_id: row.try_get("client_id")?,
+                        metadata: serde_json::from_str(row.try_get::<&str, _>("metadata")?)
+                            .map_err(|e| StoreError::Corrupt(format!("client metadata: {e}")))?,
+                        created_at: row.try_get("created_at")?,
+                    },
+                    row.try_get::<i64, _>("active")?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("DELETE FROM clients WHERE client_id = ?")
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
     async fn prune(&self, now: i64) -> Result<u64, StoreError> {
         let a = sqlx::query("DELETE FROM pending_authorizations WHERE expires_at < ?")
             .bind(now)
@@ -708,6 +761,16 @@ impl Store for SqliteStore {
         ))
         .bind(provider)
         .bind(sid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn active_sessions_of_client(&self, client_id: &str) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.client_id = ? AND s.active = 1 ORDER BY s.created_at"
+        ))
+        .bind(client_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(session_from_row).collect()
