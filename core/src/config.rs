@@ -326,6 +326,11 @@ pub struct EventsConfig {
     /// `UserDeleted` also asks Synapse for GDPR erasure.
     #[serde(default)]
     pub erase_on_delete: bool,
+    /// Also accept back-channel logout tokens typed `JWT` (not `logout+jwt`), for an IdP used
+    /// with the generic adapter that types them so (ZITADEL does). Adapters for such IdPs turn
+    /// it on themselves.
+    #[serde(default)]
+    pub accept_jwt_typed_logout_tokens: bool,
     /// Shared Signals (RFC 8935 push of RFC 8417 SETs), e.g. from Okta. Off unless set.
     #[serde(default)]
     pub ssf: Option<TransmitterConfig>,
@@ -342,6 +347,7 @@ impl Default for EventsConfig {
             max_age_seconds: default_event_max_age(),
             on_credential_change: CredentialChangePolicy::default(),
             erase_on_delete: false,
+            accept_jwt_typed_logout_tokens: false,
             ssf: None,
             global_token_revocation: None,
         }
@@ -368,6 +374,14 @@ pub struct TransmitterConfig {
     /// token revocation).
     #[serde(default)]
     pub audience: Option<String>,
+    /// A token (SET) whose `iat` is older than this is refused, when it has no `exp`: a captured
+    /// SET cannot be delivered again much later (its `jti` is spent only once stored).
+    #[serde(default = "default_set_max_age")]
+    pub max_age_seconds: u64,
+}
+
+fn default_set_max_age() -> u64 {
+    86_400
 }
 
 /// The periodic job that finds sessions ended at the IdP without any event.

@@ -144,6 +144,14 @@ pub trait Provider: Send + Sync {
         true
     }
 
+    /// The `typ` headers a back-channel logout token may carry (compared without case and
+    /// without an `application/` prefix). OIDC Back-Channel Logout 1.0 §2.4 types them
+    /// `logout+jwt`, which keeps an ID token or access token of the same issuer out; an IdP that
+    /// types them otherwise (Keycloak before 25: `JWT`) says so here.
+    fn logout_token_types(&self) -> &'static [Option<&'static str>] {
+        &[Some("logout+jwt")]
+    }
+
     /// The re-validation mode when `upstream.revalidation` is not set: an IdP whose
     /// introspection is rate-limited or missing says so here.
     fn default_revalidation(&self) -> Revalidation {

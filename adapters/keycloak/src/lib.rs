@@ -13,8 +13,9 @@
 //! Everything else is the generic default: `sub` as the subject (the Keycloak user id),
 //! `prompt=create` only when discovery advertises it (Keycloak ≥ 26.1), no `offline_access`
 //! (offline tokens survive SSO logout; mxidp's default scopes do not ask for it), and
-//! back-channel logout through core's receiver, which accepts Keycloak's `typ` `JWT` (< 25) and
-//! `logout+jwt`, a missing `exp` (< 23.0.4) and a bare-string `aud`.
+//! back-channel logout through core's receiver (this adapter lets it accept Keycloak's `typ`
+//! `JWT` (< 25) besides `logout+jwt`; core accepts a missing `exp` (< 23.0.4) and a bare-string
+//! `aud`).
 
 use std::path::PathBuf;
 
@@ -189,6 +190,12 @@ impl Keycloak {
 impl Provider for Keycloak {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Keycloak types its logout tokens `logout+jwt` from 25 on and `JWT` before
+    /// (docs/providers.md, Keycloak).
+    fn logout_token_types(&self) -> &'static [Option<&'static str>] {
+        &[Some("logout+jwt"), Some("JWT")]
     }
 
     /// Realm roles as they are, client roles as `<client>:<role>`, group paths as they are.

@@ -87,6 +87,10 @@ impl Action<'_> {
             return Ok(Outcome::Applied);
         }
 
+        if let IdpEvent::Unactionable { reason } = event {
+            return Ok(Outcome::Ignored(reason.clone()));
+        }
+
         if let IdpEvent::MxidpSessionEnded { session_id } = event {
             // mxidp ended one session itself (revocation, replay, reuse, the IdP's refusal,
             // re-validation, reconciliation); usually it is marked ended already, and a retry
@@ -142,6 +146,7 @@ impl Action<'_> {
         match event {
             IdpEvent::SessionEnded { .. }
             | IdpEvent::MxidpSessionEnded { .. }
+            | IdpEvent::Unactionable { .. }
             | IdpEvent::UserChanged { .. } => {
                 unreachable!("handled above")
             }

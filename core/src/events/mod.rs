@@ -43,6 +43,12 @@ pub enum IdpEvent {
         #[serde(default)]
         enabled: Option<bool>,
     },
+    /// A delivery that was verified and must be remembered (its `jti` spent, so a replay is
+    /// known as one) but asks for nothing mxidp can do: a global revocation for a subject
+    /// mxidp does not know, a SET of a type it does not handle. The worker records it ignored.
+    Unactionable {
+        reason: String,
+    },
     /// One mxidp session is over at the IdP, found by mxidp itself (reconciliation: the IdP
     /// says its refresh token is no longer active) rather than named by an IdP `sid`.
     MxidpSessionEnded {
@@ -100,6 +106,7 @@ impl IdpEvent {
             IdpEvent::CredentialChanged { .. } => "credential_changed",
             IdpEvent::UserChanged { .. } => "user_changed",
             IdpEvent::MxidpSessionEnded { .. } => "mxidp_session_ended",
+            IdpEvent::Unactionable { .. } => "unactionable",
         }
     }
 
@@ -121,7 +128,9 @@ impl IdpEvent {
     /// `MxidpSessionEnded` names a session).
     pub fn subject(&self) -> Option<&str> {
         match self {
-            IdpEvent::SessionEnded { .. } | IdpEvent::MxidpSessionEnded { .. } => None,
+            IdpEvent::SessionEnded { .. }
+            | IdpEvent::MxidpSessionEnded { .. }
+            | IdpEvent::Unactionable { .. } => None,
             IdpEvent::AllSessionsEnded { subject }
             | IdpEvent::UserLocked { subject }
             | IdpEvent::UserUnlocked { subject }

@@ -112,11 +112,21 @@ impl EventPipeline {
                 Acceptance::Stored(id)
             }
             None => {
+                let duplicates = self
+                    .store
+                    .count_duplicate(source, &received.dedupe_key)
+                    .await?;
                 tracing::info!(
                     source,
                     kind = received.event.kind(),
+                    duplicates,
                     "duplicate IdP event ignored"
                 );
+                // The first duplicate is audited; later ones are only counted on the event, so
+                // that replaying a captured token cannot flood the audit log.
+                if duplicates > 1 {
+                    return Ok(Acceptance::Duplicate);
+                }
                 audit::record(
                     self.store.as_ref(),
                     AuditEntry {

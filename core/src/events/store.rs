@@ -84,6 +84,10 @@ pub trait EventStore: Send + Sync {
 
     async fn event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError>;
 
+    /// Counts one more delivery of an event already stored; returns how many duplicates it has
+    /// had now (0 when no such event exists).
+    async fn count_duplicate(&self, source: &str, dedupe_key: &str) -> Result<i64, StoreError>;
+
     /// Pending and failed events whose next attempt is due at `now`, in the order of the IdP's
     /// own time (then of arrival), at most `limit`.
     async fn due_events(&self, now: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;

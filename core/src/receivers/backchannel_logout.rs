@@ -72,7 +72,8 @@ pub async fn post(State(app): State<App>, body: Bytes) -> Response {
             response
         }
         Err(error) => {
-            if !matches!(error, LogoutError::Internal(_)) {
+            // A replay is audited once by the pipeline (its duplicate count), not per delivery.
+            if !matches!(error, LogoutError::Internal(_) | LogoutError::Replayed) {
                 refused(&app, sources::BACKCHANNEL_LOGOUT, &error.to_string(), "-").await;
             }
             error.into_response()
@@ -85,10 +86,14 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), LogoutError> {
     let upstream = app.upstream.get().ok_or(LogoutError::NoUpstream)?;
     let settings = upstream.settings();
     let audiences = [settings.client_id.clone()];
+    let mut types = app.provider.logout_token_types().to_vec();
+    if app.events.settings().accept_jwt_typed_logout_tokens {
+        types.push(Some("JWT"));
+    }
     let rules = JwtRules {
         require_jti: true,
         authorized_party: None,
-        types: &[Some("logout+jwt"), Some("JWT"), None],
+        types: &types,
         issuer: &upstream.metadata().issuer,
         audiences: &audiences,
         require_iat: true,
@@ -254,9 +259,9 @@ mod tests {
     #[tokio::test]
     async fn a_logout_token_with_only_sub_ends_every_session_of_the_subject() {
         let env = Env::start().await;
-        // ZITADEL-style: header typ JWT, aud an array.
+        // aud an array, as ZITADEL sends it.
         let token = env.sign(
-            header(Some("JWT")),
+            header(Some("logout+jwt")),
             claims(&env, json!({"sid": null, "aud": [CLIENT_ID, "other"]})),
         );
         assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
@@ -274,7 +279,7 @@ mod tests {
         // for the pipeline to record as ignored.
         let env = Env::start().await;
         let token = env.sign(
-            header(None),
+            header(Some("logout+jwt")),
             claims(&env, json!({"sid": null, "sub": "nobody-we-know"})),
         );
         assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
@@ -290,8 +295,10 @@ mod tests {
     async fn the_real_keycloak_claims_are_accepted() {
         // fixtures/keycloak/logout-token-claims-helsinki.json, re-signed with the test key;
         // only iss, aud and iat (the token has no exp) were replaced, every other claim and
-        // the pre-Keycloak-25 header typ `JWT` are as Keycloak sent them.
-        let env = Env::start().await;
+        // the pre-Keycloak-25 header typ `JWT` are as Keycloak sent them. `JWT` is accepted
+        // only where configured (the Keycloak adapter does it itself).
+        let env =
+            Env::with_config(|_| "[events]\naccept_jwt_typed_logout_tokens = true".into()).await;
         let fixture: Value = serde_json::from_str(HELSINKI).unwrap();
         let claims = patched(
             fixture.clone(),
@@ -308,6 +315,46 @@ mod tests {
                 sid: fixture["sid"].as_str().unwrap().into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn replays_of_one_logout_token_add_one_audit_record() {
+        let env = Env::start().await;
+        let token = env.sign(header(Some("logout+jwt")), claims(&env, json!({})));
+        assert_eq!(post(&env, &token).await.status(), StatusCode::OK);
+        let audited = || async {
+            env.app
+                .store
+                .audit_records(0, None, 1_000)
+                .await
+                .unwrap()
+                .len()
+        };
+        let after_first = audited().await;
+        for _ in 0..60 {
+            // Refused as a replay every time (OIDC Back-Channel Logout 1.0 §2.6 step 8)...
+            assert_eq!(post(&env, &token).await.status(), StatusCode::BAD_REQUEST);
+        }
+        // ...stored once, audited once as a duplicate, counted after that.
+        assert_eq!(env.events().await.len(), 1);
+        assert_eq!(audited().await, after_first + 1);
+    }
+
+    #[tokio::test]
+    async fn logout_tokens_must_be_typed_logout_jwt_unless_configured() {
+        let env = Env::start().await;
+        for typ in [Some("at+jwt"), Some("JWT"), Some("secevent+jwt"), None] {
+            let token = env.sign(header(typ), claims(&env, json!({})));
+            let response = post(&env, &token).await;
+            assert_refused(&env, response, &format!("typ {typ:?}")).await;
+        }
+        assert_eq!(env.events().await, vec![]);
+        // `application/logout+jwt` is the same type (RFC 7515 §4.1.9).
+        let typed = env.sign(
+            header(Some("application/logout+jwt")),
+            claims(&env, json!({})),
+        );
+        assert_eq!(post(&env, &typed).await.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -4,9 +4,12 @@
 //! URL, `aud` this endpoint's URL, signed with the configured transmitter's keys) and the body
 //! `{"sub_id": {...}}` in `iss_sub`, `email` or `opaque` format.
 //!
-//! Answers, as the draft and Okta read them: 204 done, 400 malformed request or unsupported
-//! subject format, 401 missing or bad bearer JWT, 404 unknown subject (nothing stored), 404
-//! as well when `[events.global_token_revocation]` is not configured.
+//! Answers: 204 once the request is stored, for a known and an unknown subject alike (the
+//! answer must not tell who has a Matrix account; the worker records an unknown one as
+//! ignored), 400 malformed request or unsupported subject format, 401 missing or bad bearer
+//! JWT or a replayed one, 404 when `[events.global_token_revocation]` is not configured. The
+//! JWT's `jti` is spent before the subject is resolved, so a captured request cannot be
+//! replayed with another `sub_id` to probe for accounts.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::{
-    audit, refused, resolve_subject, sources, subject_issuers, verify_jwt, JwtRules, Resolved,
-    SubjectId, TokenError,
+    refused, resolve_subject, sources, subject_issuers, verify_jwt, JwtRules, Resolved, SubjectId,
+    TokenError,
 };
 use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
@@ -37,8 +40,6 @@ enum RevocationError {
     Replayed,
     #[error("{0}")]
     Malformed(String),
-    #[error("unknown subject: {0}")]
-    UnknownSubject(String),
     #[error("internal error (reference {0})")]
     Internal(String),
 }
@@ -54,7 +55,6 @@ impl IntoResponse for RevocationError {
             | RevocationError::Token(_)
             | RevocationError::Replayed => (StatusCode::UNAUTHORIZED, "invalid_token"),
             RevocationError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            RevocationError::UnknownSubject(_) => (StatusCode::NOT_FOUND, "unknown_subject"),
             RevocationError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };
         let mut response = crate::error_reply::oauth_error(status, error, self.to_string());
@@ -73,9 +73,10 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => {
             match &error {
-                RevocationError::Internal(_) | RevocationError::NotConfigured => {}
-                // Audited where the subject is known to be unknown, with the subject.
-                RevocationError::UnknownSubject(_) => {}
+                // A replay is audited once by the pipeline (its duplicate count).
+                RevocationError::Internal(_)
+                | RevocationError::NotConfigured
+                | RevocationError::Replayed => {}
                 _ => {
                     refused(
                         &app,
@@ -138,9 +139,9 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
     };
     let algorithms = app.receivers.algorithms(app.upstream.get().as_deref());
     let jwt = verify_jwt(token, &transmitter.jwks, &algorithms, &rules).await?;
-    // The JWT does not cover the body, and its `jti` is only spent when an event is stored:
-    // a short lifetime bounds how long a captured token could be replayed with another
-    // `sub_id` (a 404 or 400 answer leaves it unspent).
+    // The JWT does not cover the body: its `jti` is spent with the first well-formed request,
+    // and a short lifetime bounds how long a captured token could be tried with a malformed
+    // body (a 400 leaves it unspent).
     let exp = jwt
         .claims
         .get("exp")
@@ -169,44 +170,33 @@ async fn receive(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), Revo
     let resolved = resolve_subject(app, &subject_id, &issuers)
         .await
         .map_err(internal)?;
-    let subject = match resolved {
+    let event = match resolved {
         Resolved::Subject(subject) => {
-            // The draft answers 404 for a user the app does not know; a deleted user has no
-            // tokens left either.
+            // A deleted user has no tokens left: nothing to do, like an unknown one.
             match app
                 .store
                 .identity_by_subject(&app.mapping.upstream_id, &subject)
                 .await
                 .map_err(internal)?
             {
-                Some(identity) if identity.deleted_at.is_none() => Ok(subject),
-                _ => Err("no such user".to_owned()),
+                Some(identity) if identity.deleted_at.is_none() => {
+                    IdpEvent::AllSessionsEnded { subject }
+                }
+                _ => IdpEvent::Unactionable {
+                    reason: format!("no such user: {}", subject_id.describe()),
+                },
             }
         }
-        Resolved::Unknown(why) => Err(why),
+        Resolved::Unknown(why) => IdpEvent::Unactionable {
+            reason: format!("{why}: {}", subject_id.describe()),
+        },
     };
-    let subject = match subject {
-        Ok(subject) => subject,
-        Err(why) => {
-            audit(
-                app,
-                sources::GLOBAL_TOKEN_REVOCATION,
-                "event.received",
-                &subject_id.describe(),
-                &format!("ignored: {why}"),
-                &jwt.jti,
-                Value::Null,
-            )
-            .await;
-            return Err(RevocationError::UnknownSubject(why));
-        }
-    };
+    // Stored either way under the JWT's `jti`: the request is spent, and the answer is the
+    // same whether the subject has an account or not.
     let received = ReceivedEvent {
         dedupe_key: jwt.jti.clone(),
         occurred_at: jwt.iat.unwrap_or_else(now_unix),
-        event: IdpEvent::AllSessionsEnded {
-            subject: subject.clone(),
-        },
+        event,
     };
     match app
         .events
@@ -336,7 +326,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_subjects_get_404_and_nothing_is_stored() {
+    async fn unknown_subjects_get_the_same_answer_and_spend_the_jti() {
         let env = okta_env().await;
         env.add_identity("gone", "gone", Some("gone@example.com"))
             .await;
@@ -344,7 +334,7 @@ mod tests {
             .tombstone_identity(&env.app.mapping.upstream_id, "gone", 1)
             .await
             .unwrap();
-        for (what, body) in [
+        let cases = [
             ("unknown e-mail", BODY_EMAIL.to_owned()),
             ("unknown iss_sub", BODY_ISS_SUB.to_owned()),
             ("another issuer's subject", BODY_OTHER_ISSUER.to_owned()),
@@ -352,11 +342,30 @@ mod tests {
                 "a deleted user",
                 json!({"sub_id": {"format": "opaque", "id": "gone"}}).to_string(),
             ),
-        ] {
+        ];
+        for (i, (what, body)) in cases.iter().enumerate() {
             let token = env.sign(header(), claims(&env));
-            let response = post(&env, Some(&token), &body).await;
-            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{what}");
-            assert_eq!(env.events().await, vec![], "{what}");
+            let response = post(&env, Some(&token), body).await;
+            // The same answer as for a known user: nobody learns who has an account.
+            assert_eq!(response.status(), StatusCode::NO_CONTENT, "{what}");
+            let events = env.events().await;
+            assert_eq!(events.len(), i + 1, "{what}");
+            assert!(
+                matches!(events[i].event, IdpEvent::Unactionable { .. }),
+                "{what}: {:?}",
+                events[i].event
+            );
+            // The request is spent: the same JWT with another subject is a replay.
+            let again = post(&env, Some(&token), BODY_ISS_SUB).await;
+            assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "{what}");
+        }
+        crate::events::run_due(&env.app, now()).await.unwrap();
+        let stored = crate::events::EventStore::list_events(env.store.as_ref(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), cases.len());
+        for event in stored {
+            assert_eq!(event.state, crate::events::EventState::Ignored);
         }
     }
 

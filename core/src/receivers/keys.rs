@@ -16,6 +16,8 @@ pub struct Transmitter {
     pub audience: Option<String>,
     /// Keys from the configured `jwks_uri` only; fetched on first use.
     pub jwks: JwksCache,
+    /// Oldest `iat` accepted on a token without `exp`, in seconds.
+    pub max_age: i64,
 }
 
 /// The receivers' own key material, built from `[events]` at start. Lives in
@@ -48,6 +50,7 @@ impl ReceiverKeys {
             issuer: t.issuer.clone(),
             audience: t.audience.clone(),
             jwks: JwksCache::new(http.clone(), t.jwks_uri.clone(), timeout, cooldown),
+            max_age: i64::try_from(t.max_age_seconds).unwrap_or(i64::MAX),
         };
         Ok(Self {
             ssf: config.events.ssf.as_ref().map(transmitter),

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::{
-    audit, body_token, event_timestamp, refused, resolve_subject, sources, subject_issuers,
-    verify_jwt, JwtRules, Resolved, SubjectId, TokenError,
+    body_token, event_timestamp, refused, resolve_subject, sources, subject_issuers, verify_jwt,
+    JwtRules, Resolved, SubjectId, TokenError,
 };
 use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
@@ -93,7 +93,11 @@ pub async fn post(State(app): State<App>, body: Bytes) -> Response {
     match receive(&app, &body).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(error) => {
-            if !matches!(error, SsfError::Internal(_) | SsfError::NotConfigured) {
+            // A replay is audited once by the pipeline (its duplicate count), not per delivery.
+            if !matches!(
+                error,
+                SsfError::Internal(_) | SsfError::NotConfigured | SsfError::Duplicate
+            ) {
                 refused(&app, sources::SSF, &error.to_string(), "-").await;
             }
             error.into_response()
@@ -118,13 +122,14 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
     let rules = JwtRules {
         require_jti: true,
         authorized_party: None,
-        // RFC 8417 §2.3 recommends `secevent+jwt`; an untyped SET is still a SET.
-        types: &[Some("secevent+jwt"), Some("JWT"), None],
+        // RFC 8417 §2.3: explicit typing keeps another JWT of the same issuer (an ID token, an
+        // access token) from passing for a SET.
+        types: &[Some("secevent+jwt")],
         issuer: &transmitter.issuer,
         audiences: &audiences,
         require_iat: true,
         require_exp: false,
-        max_age_without_exp: None,
+        max_age_without_exp: Some(transmitter.max_age),
         leeway: app.receivers.leeway.as_secs() as i64,
         now: now_unix(),
     };
@@ -153,52 +158,39 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
             ))
         }
     };
-    if event_for(event_type, String::new()).is_none() {
-        // Stream verification and events mxidp has no action for: acknowledged, not stored.
-        audit(
-            app,
-            sources::SSF,
-            "event.received",
-            "-",
-            "ignored: event type not handled",
-            &set.jti,
-            json!({ "event_type": event_type }),
-        )
-        .await;
-        return Ok(());
-    }
-    // CAEP/RISC as Okta sends them put the subject in the event; SSF 1.0 puts `sub_id` in the
-    // SET itself.
-    let subject_value = payload
-        .get("subject")
-        .or_else(|| set.claims.get("sub_id"))
-        .ok_or_else(|| SsfError::InvalidRequest("the event names no subject".into()))?;
-    let subject_id = SubjectId::parse(subject_value).map_err(SsfError::InvalidRequest)?;
-    let issuers = subject_issuers(app, Some(transmitter));
-    let resolved = resolve_subject(app, &subject_id, &issuers)
-        .await
-        .map_err(|e| {
-            SsfError::Internal(crate::error_reply::internal("resolving a SET subject", &e))
-        })?;
-    let subject = match resolved {
-        Resolved::Subject(subject) => subject,
-        Resolved::Unknown(why) => {
-            // Acknowledged so that the transmitter does not retry; nothing to act on.
-            audit(
-                app,
-                sources::SSF,
-                "event.received",
-                &subject_id.describe(),
-                &format!("ignored: {why}"),
-                &set.jti,
-                json!({ "event_type": event_type }),
-            )
-            .await;
-            return Ok(());
+    // Every verified SET is stored under its `jti`, those mxidp does nothing with too (stream
+    // verification, event types it does not handle, subjects it does not know): the `jti` is
+    // spent, so a replay is a replay, and it is audited once, by the pipeline.
+    let event = if event_for(event_type, String::new()).is_none() {
+        IdpEvent::Unactionable {
+            reason: format!("event type not handled: {}", for_log(event_type)),
         }
-    };
-    let Some(event) = event_for(event_type, subject.clone()) else {
-        return Ok(());
+    } else {
+        // CAEP/RISC as Okta sends them put the subject in the event; SSF 1.0 puts `sub_id` in
+        // the SET itself.
+        let subject_value = payload
+            .get("subject")
+            .or_else(|| set.claims.get("sub_id"))
+            .ok_or_else(|| SsfError::InvalidRequest("the event names no subject".into()))?;
+        let subject_id = SubjectId::parse(subject_value).map_err(SsfError::InvalidRequest)?;
+        let issuers = subject_issuers(app, Some(transmitter));
+        let resolved = resolve_subject(app, &subject_id, &issuers)
+            .await
+            .map_err(|e| {
+                SsfError::Internal(crate::error_reply::internal("resolving a SET subject", &e))
+            })?;
+        match resolved {
+            Resolved::Subject(subject) => match event_for(event_type, subject) {
+                Some(event) => event,
+                None => IdpEvent::Unactionable {
+                    reason: "event type not handled".into(),
+                },
+            },
+            // Acknowledged so that the transmitter does not retry; nothing to act on.
+            Resolved::Unknown(why) => IdpEvent::Unactionable {
+                reason: format!("{why}: {}", subject_id.describe()),
+            },
+        }
     };
     let occurred_at = event_timestamp(payload.get("event_timestamp"))
         .or(set.iat)
@@ -217,6 +209,15 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), SsfError> {
             &e,
         ))),
     }
+}
+
+/// An event type as it may appear in a reason: printable, bounded.
+fn for_log(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
 }
 
 #[cfg(test)]
@@ -286,9 +287,19 @@ mod tests {
     ];
 
     async fn okta_env() -> Env {
-        Env::with_config(|idp| {
+        okta_env_with_max_age(86_400).await
+    }
+
+    /// Okta's published samples date from 2021: the tests that replay them exactly (their `iat`
+    /// included) allow that age.
+    async fn okta_samples_env() -> Env {
+        okta_env_with_max_age(20 * 365 * 86_400).await
+    }
+
+    async fn okta_env_with_max_age(max_age: u64) -> Env {
+        Env::with_config(move |idp| {
             format!(
-                "[events.ssf]\nissuer = \"{OKTA_ISSUER}\"\njwks_uri = \"{}\"\naudience = \"{OKTA_AUDIENCE}\"\n",
+                "[events.ssf]\nissuer = \"{OKTA_ISSUER}\"\njwks_uri = \"{}\"\naudience = \"{OKTA_AUDIENCE}\"\nmax_age_seconds = {max_age}\n",
                 idp.jwks_uri()
             )
         })
@@ -338,7 +349,7 @@ mod tests {
         // Each fixture re-signed with the test key. Okta's samples all share one `jti`, so it
         // is made unique per sample (otherwise the second would rightly be a duplicate); iss,
         // aud, iat and the events are exactly the samples'.
-        let env = okta_env().await;
+        let env = okta_samples_env().await;
         for (name, fixture) in OKTA_SETS {
             let claims = serde_json::from_str::<Value>(fixture).unwrap();
             let jti = format!("{}-{name}", claims["jti"].as_str().unwrap());
@@ -365,7 +376,7 @@ mod tests {
     async fn okta_session_revoked_ends_every_session() {
         // The session-revoked example of Okta's "ssf-transmitter-sets" reference, as quoted in
         // Okta's developer documentation (reference "SSF transmitter SETs"; core/src/receivers/fixtures/okta has no file for it). Only the signature is new.
-        let env = okta_env().await;
+        let env = okta_samples_env().await;
         let claims = json!({"iss":"https://transmitter.okta.com","jti":"24c63fb56e5a2d77a6b512616ca9fa24","iat":1615305159,"aud":"https://receiverexample.com",
             "events":{"https://schemas.openid.net/secevent/caep/event-type/session-revoked":{
               "subject":{"format":"iss_sub","iss":"https://transmitter.okta.com","sub":"okta-user-id1"},
@@ -381,8 +392,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn risc_events_map_to_account_states() {
+    async fn sets_must_be_typed_and_recent() {
         let env = okta_env().await;
+        let session_revoked = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+        let subject = json!({"format": "iss_sub", "iss": OKTA_ISSUER, "sub": "okta-user-id1"});
+        for typ in [Some("logout+jwt"), Some("JWT"), Some("at+jwt"), None] {
+            let mut h = header();
+            match typ {
+                Some(t) => h["typ"] = json!(t),
+                None => {
+                    h.as_object_mut().unwrap().remove("typ");
+                }
+            }
+            let response = post(&env, env.sign(h, set(session_revoked, subject.clone()))).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "typ {typ:?}");
+        }
+        // Older than `max_age_seconds` (a day by default), with no `exp`: refused.
+        let old = patched(
+            set(session_revoked, subject.clone()),
+            json!({"iat": now() - 2 * 86_400}),
+        );
+        assert_eq!(
+            post(&env, env.sign(header(), old)).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(env.events().await, vec![]);
+        let fresh = set(session_revoked, subject);
+        assert_eq!(
+            post(&env, env.sign(header(), fresh)).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+
+    #[tokio::test]
+    async fn risc_events_map_to_account_states() {
+        let env = okta_samples_env().await;
         for (event_type, expected) in [
             (
                 "https://schemas.openid.net/secevent/risc/event-type/account-disabled",
@@ -459,8 +503,9 @@ mod tests {
             StatusCode::ACCEPTED
         );
         assert_eq!(env.events().await.len(), 1);
-        // Nothing mxidp can name: acknowledged and audited, not stored.
-        for (what, claims) in [
+        // Nothing mxidp can name or act on: acknowledged, stored as unactionable so that the
+        // `jti` is spent (a replay is refused as one) and the pipeline records it ignored.
+        for (i, (what, claims)) in [
             (
                 "unknown e-mail",
                 set(
@@ -480,10 +525,21 @@ mod tests {
                 json!({"iss": OKTA_ISSUER, "aud": OKTA_AUDIENCE, "iat": now(), "jti": "v-1",
                        "events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": "abc"}}}),
             ),
-        ] {
-            let response = post(&env, env.sign(header(), claims)).await;
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let token = env.sign(header(), claims);
+            let response = post(&env, token.clone()).await;
             assert_eq!(response.status(), StatusCode::ACCEPTED, "{what}");
-            assert_eq!(env.events().await.len(), 1, "{what}: not stored");
+            let events = env.events().await;
+            assert_eq!(events.len(), i + 2, "{what}");
+            assert!(
+                matches!(events[i + 1].event, IdpEvent::Unactionable { .. }),
+                "{what}"
+            );
+            let replay = post(&env, token).await;
+            assert_eq!(replay.status(), StatusCode::BAD_REQUEST, "{what}: a replay");
         }
     }
 

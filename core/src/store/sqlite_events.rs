@@ -59,6 +59,18 @@ impl EventStore for SqliteStore {
         Ok(id)
     }
 
+    async fn count_duplicate(&self, source: &str, dedupe_key: &str) -> Result<i64, StoreError> {
+        let count: Option<i64> = sqlx::query_scalar(
+            "UPDATE idp_events SET duplicates = duplicates + 1 WHERE source = ? AND dedupe_key = ? \
+             RETURNING duplicates",
+        )
+        .bind(source)
+        .bind(dedupe_key)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(count.unwrap_or(0))
+    }
+
     async fn event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM idp_events WHERE id = ?"
