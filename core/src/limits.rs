@@ -107,6 +107,27 @@ impl RateLimiter {
     }
 }
 
+/// The client's address for a handler (see [`RateLimiter::client_address`]); `None` when the
+/// server was not started with connection info (tests).
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl axum::extract::FromRequestParts<App> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(ClientAddress(
+            app.limits.client_address(peer, &parts.headers),
+        ))
+    }
+}
+
 /// The 429 answer, with `Retry-After`.
 pub fn too_many(retry_after: i64) -> Response {
     let mut response = crate::error_reply::oauth_error(

@@ -18,6 +18,7 @@ use super::{refused, sources, verify_jwt, JwtRules, TokenError};
 use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::ids::now_unix;
+use crate::limits::ClientAddress;
 
 const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -64,7 +65,11 @@ impl IntoResponse for LogoutError {
     }
 }
 
-pub async fn post(State(app): State<App>, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<App>,
+    ClientAddress(address): ClientAddress,
+    body: Bytes,
+) -> Response {
     match receive(&app, &body).await {
         Ok(()) => {
             let mut response = StatusCode::OK.into_response();
@@ -74,7 +79,14 @@ pub async fn post(State(app): State<App>, body: Bytes) -> Response {
         Err(error) => {
             // A replay is audited once by the pipeline (its duplicate count), not per delivery.
             if !matches!(error, LogoutError::Internal(_) | LogoutError::Replayed) {
-                refused(&app, sources::BACKCHANNEL_LOGOUT, &error.to_string(), "-").await;
+                refused(
+                    &app,
+                    sources::BACKCHANNEL_LOGOUT,
+                    &error.to_string(),
+                    "-",
+                    address,
+                )
+                .await;
             }
             error.into_response()
         }

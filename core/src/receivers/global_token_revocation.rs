@@ -24,6 +24,7 @@ use super::{
 use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::ids::now_unix;
+use crate::limits::ClientAddress;
 
 /// Longest remaining lifetime accepted on a request's JWT.
 const MAX_LIFETIME_SECONDS: i64 = 600;
@@ -68,7 +69,12 @@ impl IntoResponse for RevocationError {
     }
 }
 
-pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<App>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match receive(&app, &headers, &body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => {
@@ -83,6 +89,7 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
                         sources::GLOBAL_TOKEN_REVOCATION,
                         &error.to_string(),
                         "-",
+                        address,
                     )
                     .await
                 }

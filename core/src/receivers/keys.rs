@@ -29,6 +29,8 @@ pub struct ReceiverKeys {
     /// client is not discovered yet (it carries the same list).
     pub allowed_algorithms: Vec<Algorithm>,
     pub leeway: Duration,
+    /// How many refusals each receiver records per client address and minute.
+    pub refusals: super::RefusalBudgets,
 }
 
 impl ReceiverKeys {
@@ -39,6 +41,7 @@ impl ReceiverKeys {
             global_token_revocation: None,
             allowed_algorithms: Vec::new(),
             leeway: Duration::from_secs(30),
+            refusals: Default::default(),
         }
     }
 
@@ -66,6 +69,7 @@ impl ReceiverKeys {
                 .filter_map(|a| a.parse().ok())
                 .collect(),
             leeway: Duration::from_secs(config.upstream.leeway_seconds),
+            refusals: Default::default(),
         })
     }
 

@@ -13,6 +13,9 @@
 //! `x5u` and `jwk` headers are ignored by the shared JWS verification
 //! ([`crate::upstream::verify_jws`]).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
 use serde_json::Value;
 
 use crate::app::AppState;
@@ -175,22 +178,39 @@ pub(crate) async fn audit(
     .await;
 }
 
-/// Refusals recorded one by one per minute; the rest are counted and summarised. The
-/// receivers need no credentials to reach, so without a bound a flood of garbage would fill the
-/// append-only audit log and the logs.
+/// Refusals recorded one by one per minute, per receiver and client address; the rest are
+/// counted and summarised. The receivers need no credentials to reach, so without a bound a
+/// flood of garbage would fill the append-only audit log and the logs; and with one budget for
+/// all, a flood on one receiver (or from one address) would hide forgery attempts on another.
 const REFUSALS_RECORDED_PER_MINUTE: u32 = 20;
 
-/// Counts refusals per minute: (minute, refusals seen in it).
-struct RefusalBudget(std::sync::Mutex<(i64, u32)>);
+/// Budgets kept at most; past it, every further key shares one overflow budget.
+const MAX_REFUSAL_KEYS: usize = 10_000;
 
-static REFUSALS: RefusalBudget = RefusalBudget(std::sync::Mutex::new((0, 0)));
+/// A receiver (its source name) and a client address.
+type RefusalKey = (String, Option<IpAddr>);
 
-impl RefusalBudget {
+/// Counts refusals per minute for each (receiver, client address): (minute, refusals in it).
+#[derive(Default)]
+pub struct RefusalBudgets(std::sync::Mutex<HashMap<RefusalKey, (i64, u32)>>);
+
+impl RefusalBudgets {
     /// Whether this refusal is recorded individually; the first refusal of a new minute
-    /// returns how many went unrecorded in the previous one, for the summary.
-    fn take(&self, now: i64) -> (bool, Option<u32>) {
+    /// returns how many went unrecorded in that key's previous one, for the summary.
+    fn take(&self, source: &str, address: Option<IpAddr>, now: i64) -> (bool, Option<u32>) {
         let minute = now / 60;
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut budgets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if budgets.len() >= MAX_REFUSAL_KEYS {
+            budgets.retain(|_, (m, _)| *m == minute);
+        }
+        let key = if budgets.len() >= MAX_REFUSAL_KEYS
+            && !budgets.contains_key(&(source.to_owned(), address))
+        {
+            ("overflow".to_owned(), None)
+        } else {
+            (source.to_owned(), address)
+        };
+        let state = budgets.entry(key).or_insert((minute, 0));
         let mut skipped_before = None;
         if state.0 != minute {
             if state.1 > REFUSALS_RECORDED_PER_MINUTE {
@@ -204,10 +224,22 @@ impl RefusalBudget {
 }
 
 /// Audits and logs a refused delivery (bounded: see [`REFUSALS_RECORDED_PER_MINUTE`]).
-pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlation_id: &str) {
-    let (record, skipped) = REFUSALS.take(crate::ids::now_unix());
+pub(crate) async fn refused(
+    app: &AppState,
+    source: &str,
+    reason: &str,
+    correlation_id: &str,
+    address: Option<IpAddr>,
+) {
+    let (record, skipped) = app
+        .receivers
+        .refusals
+        .take(source, address, crate::ids::now_unix());
+    let from = address.map_or_else(|| "-".to_owned(), |a| a.to_string());
     if let Some(skipped) = skipped {
         tracing::warn!(
+            source,
+            address = %from,
             skipped,
             "IdP event deliveries refused without a record in the last minute (rate bound)"
         );
@@ -215,7 +247,7 @@ pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlat
             app,
             source,
             "event.refused.summary",
-            "-",
+            &from,
             &format!("refused: {skipped} more deliveries, not recorded one by one"),
             "-",
             Value::Null,
@@ -223,15 +255,15 @@ pub(crate) async fn refused(app: &AppState, source: &str, reason: &str, correlat
         .await;
     }
     if !record {
-        tracing::debug!(source, reason, "IdP event delivery refused");
+        tracing::debug!(source, reason, address = %from, "IdP event delivery refused");
         return;
     }
-    tracing::warn!(source, reason, "IdP event delivery refused");
+    tracing::warn!(source, reason, address = %from, "IdP event delivery refused");
     audit(
         app,
         source,
         "event.refused",
-        "-",
+        &from,
         &format!("refused: {reason}"),
         correlation_id,
         Value::Null,
@@ -244,12 +276,22 @@ mod refusal_bound_tests {
     use super::*;
 
     #[test]
-    fn refusals_past_the_bound_are_counted_not_recorded() {
-        let budget = RefusalBudget(std::sync::Mutex::new((0, 0)));
+    fn each_receiver_and_address_has_its_own_budget() {
+        let budgets = RefusalBudgets::default();
         let minute = 1_000 * 60;
-        let recorded = (0..50).filter(|_| budget.take(minute).0).count();
+        let flood: Option<IpAddr> = Some("192.0.2.66".parse().unwrap());
+        let recorded = (0..50)
+            .filter(|_| budgets.take("ssf", flood, minute).0)
+            .count();
         assert_eq!(recorded, REFUSALS_RECORDED_PER_MINUTE as usize);
-        assert_eq!(budget.take(minute + 60), (true, Some(30)));
+        // The flood hides nothing from another address, nor on another receiver.
+        assert!(
+            budgets
+                .take("ssf", Some("192.0.2.7".parse().unwrap()), minute)
+                .0
+        );
+        assert!(budgets.take("backchannel_logout", flood, minute).0);
+        assert_eq!(budgets.take("ssf", flood, minute + 60), (true, Some(30)));
     }
 }
 

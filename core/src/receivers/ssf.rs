@@ -18,6 +18,7 @@ use super::{
 use crate::app::App;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::ids::now_unix;
+use crate::limits::ClientAddress;
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
@@ -89,7 +90,11 @@ impl IntoResponse for SsfError {
     }
 }
 
-pub async fn post(State(app): State<App>, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<App>,
+    ClientAddress(address): ClientAddress,
+    body: Bytes,
+) -> Response {
     match receive(&app, &body).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(error) => {
@@ -98,7 +103,7 @@ pub async fn post(State(app): State<App>, body: Bytes) -> Response {
                 error,
                 SsfError::Internal(_) | SsfError::NotConfigured | SsfError::Duplicate
             ) {
-                refused(&app, sources::SSF, &error.to_string(), "-").await;
+                refused(&app, sources::SSF, &error.to_string(), "-", address).await;
             }
             error.into_response()
         }

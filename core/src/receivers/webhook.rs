@@ -14,8 +14,14 @@ use axum::response::{IntoResponse, Response};
 use super::refused;
 use crate::app::App;
 use crate::events::{Acceptance, WebhookError, WebhookRequest};
+use crate::limits::ClientAddress;
 
-pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<App>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let source = format!("webhook:{}", app.provider.name());
     let events = match app.provider.parse_webhook(&WebhookRequest {
         headers: &headers,
@@ -28,7 +34,7 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
                 WebhookError::Unauthenticated => StatusCode::UNAUTHORIZED,
                 WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
             };
-            refused(&app, &source, &error.to_string(), "-").await;
+            refused(&app, &source, &error.to_string(), "-", address).await;
             return crate::error_reply::oauth_error(
                 status,
                 if status == StatusCode::UNAUTHORIZED {
@@ -65,7 +71,11 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
 
 /// `GET /upstream/webhook`: the IdP's one-time verification of the endpoint (Okta Event
 /// Hooks), answered by the adapter after it checked the sender; nothing is stored.
-pub async fn get(State(app): State<App>, headers: HeaderMap) -> Response {
+pub async fn get(
+    State(app): State<App>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+) -> Response {
     let source = format!("webhook:{}", app.provider.name());
     match app.provider.webhook_verification(&WebhookRequest {
         headers: &headers,
@@ -77,7 +87,7 @@ pub async fn get(State(app): State<App>, headers: HeaderMap) -> Response {
         }
         Err(WebhookError::Unsupported) => StatusCode::NOT_FOUND.into_response(),
         Err(error) => {
-            refused(&app, &source, &error.to_string(), "-").await;
+            refused(&app, &source, &error.to_string(), "-", address).await;
             let status = match error {
                 WebhookError::Unauthenticated => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::BAD_REQUEST,
