@@ -122,6 +122,11 @@ pub struct UpstreamConfig {
     pub leeway_seconds: u64,
     #[serde(default = "default_jwks_cooldown")]
     pub jwks_refetch_cooldown_seconds: u64,
+    /// Longest time the IdP's (and transmitters') keys are used before they are fetched again,
+    /// so that a removed key stops verifying; `Cache-Control: max-age` may shorten it (not
+    /// below a minute).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
     /// Where users manage their account; overrides the adapter's page when set.
@@ -378,6 +383,10 @@ pub struct TransmitterConfig {
     /// SET cannot be delivered again much later (its `jti` is spent only once stored).
     #[serde(default = "default_set_max_age")]
     pub max_age_seconds: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    3600
 }
 
 fn default_set_max_age() -> u64 {
@@ -670,6 +679,13 @@ impl Config {
                 &mut problems,
                 "upstream.id",
                 "must be 1 to 255 characters without control characters".into(),
+            );
+        }
+        if up.jwks_refresh_seconds == 0 {
+            push(
+                &mut problems,
+                "upstream.jwks_refresh_seconds",
+                "must be at least 1".into(),
             );
         }
         if up.timeout_seconds == 0 {

@@ -91,6 +91,7 @@ pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError
         fetch_userinfo: up.fetch_userinfo,
         leeway: Duration::from_secs(up.leeway_seconds),
         jwks_refetch_cooldown: Duration::from_secs(up.jwks_refetch_cooldown_seconds),
+        jwks_refresh: Duration::from_secs(up.jwks_refresh_seconds),
         http_timeout: config.upstream_timeout(),
     })
 }

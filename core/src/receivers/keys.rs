@@ -52,7 +52,8 @@ impl ReceiverKeys {
         let transmitter = |t: &TransmitterConfig| Transmitter {
             issuer: t.issuer.clone(),
             audience: t.audience.clone(),
-            jwks: JwksCache::new(http.clone(), t.jwks_uri.clone(), timeout, cooldown),
+            jwks: JwksCache::new(http.clone(), t.jwks_uri.clone(), timeout, cooldown)
+                .with_refresh_every(Duration::from_secs(config.upstream.jwks_refresh_seconds)),
             max_age: i64::try_from(t.max_age_seconds).unwrap_or(i64::MAX),
         };
         Ok(Self {

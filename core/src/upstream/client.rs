@@ -74,7 +74,8 @@ impl Upstream {
             metadata.jwks_uri.clone(),
             settings.http_timeout,
             settings.jwks_refetch_cooldown,
-        );
+        )
+        .with_refresh_every(settings.jwks_refresh);
         tracing::info!(issuer = %metadata.issuer, "discovered the upstream OpenID Provider");
         Ok(Self {
             settings,

@@ -5,6 +5,12 @@
 //! tokens with made-up `kid`s cannot turn mxidp into an amplifier against the IdP. A failed
 //! fetch keeps the last good set: an IdP hiccup must not log everybody out. Keys are only ever
 //! taken from the configured `jwks_uri`; `jku`, `x5u` and `jwk` token headers are ignored.
+//!
+//! The set is also refreshed on a schedule, so that a key the IdP removed (rotated out,
+//! compromised) stops verifying: after `Cache-Control: max-age` of the last answer, bounded
+//! by [`MIN_REFRESH`] and the configured interval (one hour by default), the next verification
+//! fetches the set again first. A failed refresh keeps the last good set and tries again after
+//! the cooldown.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -60,7 +66,21 @@ struct KeySet {
     keys: Vec<SigningKey>,
     /// Incremented on every successful fetch; lets a waiter see that someone else refreshed.
     generation: u64,
+    /// When the set must be fetched again before it is used (`None`: never fetched).
+    fresh_until: Option<Instant>,
 }
+
+impl KeySet {
+    fn is_stale(&self, now: Instant) -> bool {
+        self.fresh_until.is_some_and(|until| now >= until)
+    }
+}
+
+/// The shortest interval between scheduled refreshes, whatever `Cache-Control` says (unless the
+/// configured interval is shorter still).
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
+/// The configured interval when none is given.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 
 /// A verification key chosen for one token.
 pub struct VerificationKey {
@@ -90,6 +110,8 @@ struct Inner {
     jwks_uri: Url,
     timeout: Duration,
     cooldown: Duration,
+    /// The longest a fetched set is used before it is fetched again.
+    refresh_every: Duration,
     keys: RwLock<KeySet>,
     /// Held for the whole of a fetch: concurrent misses wait here and share one fetch.
     /// The value is when the last fetch (successful or not) started.
@@ -109,10 +131,20 @@ impl JwksCache {
                 jwks_uri,
                 timeout,
                 cooldown,
+                refresh_every: DEFAULT_REFRESH,
                 keys: RwLock::new(KeySet::default()),
                 fetch: tokio::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The same cache with another scheduled-refresh interval (`upstream.jwks_refresh_seconds`).
+    /// Only before the cache is shared.
+    pub fn with_refresh_every(mut self, every: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.refresh_every = every.max(Duration::from_secs(1));
+        }
+        self
     }
 
     /// The key to verify a token signed with `alg` and naming `kid`.
@@ -124,17 +156,63 @@ impl JwksCache {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<VerificationKey, IdTokenError> {
-        let generation = {
+        let (generation, stale) = {
             let set = self.read();
-            if let Some(found) = select(&set.keys, kid, alg) {
-                return Ok(found);
+            let stale = set.is_stale(Instant::now());
+            if !stale {
+                if let Some(found) = select(&set.keys, kid, alg) {
+                    return Ok(found);
+                }
             }
-            set.generation
+            (set.generation, stale)
         };
-        self.refresh(generation).await?;
+        if stale {
+            self.refresh_stale().await;
+        } else {
+            self.refresh(generation).await?;
+        }
         select(&self.read().keys, kid, alg).ok_or_else(|| IdTokenError::UnknownKey {
             kid: kid.map(str::to_owned),
         })
+    }
+
+    /// The scheduled refresh: one fetch for all waiters; on failure the last good set stays and
+    /// the next try waits for the cooldown.
+    async fn refresh_stale(&self) {
+        let mut last_fetch = self.inner.fetch.lock().await;
+        if !self.read().is_stale(Instant::now()) {
+            return;
+        }
+        *last_fetch = Some(Instant::now());
+        match self.fetch().await {
+            Ok((keys, max_age)) => self.store(keys, max_age),
+            Err(error) => {
+                tracing::warn!(jwks_uri = %self.inner.jwks_uri, %error, "scheduled refresh of the signing keys failed; keeping the last good set");
+                let mut set = self.write();
+                set.fresh_until =
+                    Some(Instant::now() + self.inner.cooldown.max(Duration::from_secs(1)));
+            }
+        }
+    }
+
+    /// Replaces the set with a fetched one, fresh for its `max-age` within bounds.
+    fn store(&self, keys: Vec<SigningKey>, max_age: Option<Duration>) {
+        tracing::info!(jwks_uri = %self.inner.jwks_uri, keys = keys.len(), "fetched the signing keys");
+        let every = self.inner.refresh_every;
+        let fresh_for = max_age
+            .unwrap_or(every)
+            .clamp(MIN_REFRESH.min(every), every);
+        let mut set = self.write();
+        set.keys = keys;
+        set.generation += 1;
+        set.fresh_until = Some(Instant::now() + fresh_for);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
+        self.inner
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Refetches the set after a miss seen at `seen_generation`, unless someone else already
@@ -152,15 +230,8 @@ impl JwksCache {
         }
         *last_fetch = Some(Instant::now());
         match self.fetch().await {
-            Ok(keys) => {
-                tracing::info!(jwks_uri = %self.inner.jwks_uri, keys = keys.len(), "fetched the IdP's signing keys");
-                let mut set = self
-                    .inner
-                    .keys
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                set.keys = keys;
-                set.generation += 1;
+            Ok((keys, max_age)) => {
+                self.store(keys, max_age);
                 Ok(())
             }
             Err(error) => {
@@ -192,7 +263,8 @@ impl JwksCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn fetch(&self) -> Result<Vec<SigningKey>, UpstreamError> {
+    /// The key set and how long the IdP says it may be cached (`Cache-Control: max-age`).
+    async fn fetch(&self) -> Result<(Vec<SigningKey>, Option<Duration>), UpstreamError> {
         let response = self
             .inner
             .http
@@ -206,14 +278,30 @@ impl JwksCache {
             .await
             .map_err(transport)?;
         let status = response.status();
+        let max_age = max_age(response.headers());
         let body = read_limited(response).await?;
         if !status.is_success() {
             return Err(UpstreamError::Protocol(format!(
                 "JWKS endpoint answered HTTP {status}"
             )));
         }
-        parse_jwk_set(&body)
+        Ok((parse_jwk_set(&body)?, max_age))
     }
+}
+
+/// `max-age` of a `Cache-Control` header (`no-store` and `no-cache` count as 0).
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').map(str::trim).find_map(|directive| {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        lower
+            .strip_prefix("max-age=")
+            .and_then(|n| n.trim_matches('"').parse::<u64>().ok())
+            .map(Duration::from_secs)
+    })
 }
 
 fn select(keys: &[SigningKey], kid: Option<&str>, alg: Algorithm) -> Option<VerificationKey> {
@@ -313,6 +401,52 @@ mod tests {
             Duration::from_secs(5),
             cooldown,
         )
+    }
+
+    #[tokio::test]
+    async fn a_removed_key_stops_verifying_after_the_refresh_interval() {
+        let idp = TestIdp::start().await;
+        idp.publish_keys(&[TestKey::Rsa, TestKey::Ec]);
+        // A long cooldown: only the schedule can notice the removal (the kid stays known).
+        let jwks = cache(&idp, Duration::from_secs(300)).with_refresh_every(Duration::from_secs(1));
+        assert!(jwks.key_for(Some("ec-1"), Algorithm::ES256).await.is_ok());
+        idp.publish_keys(&[TestKey::Rsa]);
+        assert!(
+            jwks.key_for(Some("ec-1"), Algorithm::ES256).await.is_ok(),
+            "still fresh"
+        );
+        let fetches = idp.jwks_fetches();
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert!(matches!(
+            jwks.key_for(Some("ec-1"), Algorithm::ES256).await,
+            Err(IdTokenError::UnknownKey { .. })
+        ));
+        assert_eq!(idp.jwks_fetches(), fetches + 1, "one scheduled fetch");
+        assert!(jwks.key_for(Some("rsa-1"), Algorithm::RS256).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failed_scheduled_refresh_keeps_the_last_good_keys() {
+        let idp = TestIdp::start().await;
+        idp.publish_keys(&[TestKey::Rsa]);
+        let jwks = cache(&idp, Duration::from_secs(300)).with_refresh_every(Duration::from_secs(1));
+        assert!(jwks.key_for(Some("rsa-1"), Algorithm::RS256).await.is_ok());
+        idp.fail_jwks(true);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert!(jwks.key_for(Some("rsa-1"), Algorithm::RS256).await.is_ok());
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(max_age(&headers), None);
+        headers.insert(
+            reqwest::header::CACHE_CONTROL,
+            "public, max-age=600, must-revalidate".parse().unwrap(),
+        );
+        assert_eq!(max_age(&headers), Some(Duration::from_secs(600)));
+        headers.insert(reqwest::header::CACHE_CONTROL, "no-store".parse().unwrap());
+        assert_eq!(max_age(&headers), Some(Duration::ZERO));
     }
 
     #[tokio::test]

@@ -50,6 +50,9 @@ pub struct UpstreamSettings {
     pub leeway: Duration,
     /// Minimum time between two JWKS refetches triggered by an unknown `kid`.
     pub jwks_refetch_cooldown: Duration,
+    /// Longest time a fetched JWKS is used before it is fetched again (removed keys stop
+    /// verifying); the IdP's `Cache-Control: max-age` may shorten it.
+    pub jwks_refresh: Duration,
     /// Timeout of every call to the IdP.
     pub http_timeout: Duration,
 }

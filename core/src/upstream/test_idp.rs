@@ -355,6 +355,7 @@ impl TestIdp {
             fetch_userinfo: crate::upstream::UserinfoMode::Auto,
             leeway: Duration::from_secs(30),
             jwks_refetch_cooldown: Duration::from_secs(300),
+            jwks_refresh: super::jwks::DEFAULT_REFRESH,
             http_timeout: Duration::from_secs(5),
         }
     }
