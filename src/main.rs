@@ -192,7 +192,12 @@ async fn open_store(path: Option<PathBuf>) -> anyhow::Result<mxidp_core::store::
     let config = Config::load(path.as_deref())?;
     mxidp_core::store::SqliteStore::open(&config.database.url)
         .await
-        .with_context(|| format!("database.url: cannot open {}", config.database.url))
+        .with_context(|| {
+            format!(
+                "database.url: cannot open {}",
+                config.database.url_for_log()
+            )
+        })
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -265,7 +270,7 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
-    tracing::info!(listen = %config.http.listen, issuer = %config.http.public_base, database = %config.database.url, "mxidp listening");
+    tracing::info!(listen = %config.http.listen, issuer = %config.http.public_base, database = %config.database.url_for_log(), "mxidp listening");
     mxidp_core::server::run(app, listener, shutdown_signal()).await?;
     tracing::info!("mxidp stopped");
     Ok(())

@@ -286,6 +286,24 @@ impl Default for LimitsConfig {
     }
 }
 
+impl DatabaseConfig {
+    /// The database URL as it may be logged: a password in it is replaced.
+    pub fn url_for_log(&self) -> String {
+        match Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("redacted"));
+                url.to_string()
+            }
+            Ok(_) => self.url.clone(),
+            // Not a URL we can read: show only its scheme.
+            Err(_) => self.url.split_once(':').map_or_else(
+                || "[unparsable]".to_owned(),
+                |(scheme, _)| format!("{scheme}:…"),
+            ),
+        }
+    }
+}
+
 impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
@@ -1089,6 +1107,20 @@ client_secret = "s3cret"
             crate::upstream::UserinfoMode::Always
         );
         assert_eq!(c.upstream.scopes, vec!["openid", "groups"]);
+    }
+
+    #[test]
+    fn database_passwords_never_reach_a_log() {
+        let mut c = DatabaseConfig {
+            url: "postgres://mxidp:s3cret@db.example:5432/mxidp".into(),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(
+            c.url_for_log(),
+            "postgres://mxidp:redacted@db.example:5432/mxidp"
+        );
+        c.url = "sqlite://mxidp.db".into();
+        assert_eq!(c.url_for_log(), "sqlite://mxidp.db");
     }
 
     #[test]

@@ -78,14 +78,18 @@ impl AdminApi {
 
     /// Active, disabled or deleted, as Keycloak says now.
     pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, UpstreamError> {
-        // A Keycloak user id is a UUID (or a federation id): never a path of its own.
-        if user_id.is_empty() || user_id.contains(['/', '?', '#', '.']) {
+        // The id comes from a webhook or an event: it becomes one path segment of an
+        // authenticated admin request, so only what Keycloak ids are made of passes (a UUID, or
+        // `f:<provider>:<external id>` for federated users); `%2e%2e`, `\\` and the like do not.
+        if !is_user_id(user_id) {
             return Err(UpstreamError::Protocol("not a Keycloak user id".into()));
         }
-        let url = self
-            .users_base
-            .join(&format!("users/{user_id}"))
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let mut url = self.users_base.clone();
+        url.path_segments_mut()
+            .map_err(|()| UpstreamError::Protocol("the admin API URL cannot take a path".into()))?
+            .pop_if_empty()
+            .push("users")
+            .push(user_id);
         for attempt in 0..2 {
             let token = self.token().await?;
             let answer = self
@@ -205,5 +209,43 @@ mod tests {
             "https://sso.example.com/auth/admin/realms/acme/"
         );
         assert!(api("https://login.example.com/").is_err());
+    }
+}
+
+/// Whether `id` has the shape of a Keycloak user id: a UUID, or a federation id
+/// (`f:<provider id>:<external id>`): ASCII letters, digits, `-`, `_` and `:`, at most 255.
+fn is_user_id(id: &str) -> bool {
+    (1..=255).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::is_user_id;
+
+    #[test]
+    fn only_keycloak_id_shapes_reach_the_admin_api() {
+        for good in [
+            "0b8f7a16-2d2c-4d67-8b5b-3f2f0d6c1a11",
+            "f:3d9b5d52-0c2a-4c52-9c0b-7b7f3a4b2e10:jdoe",
+        ] {
+            assert!(is_user_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../../roles",
+            "%2e%2e",
+            "a\\b",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a b",
+            "é",
+            &"a".repeat(256),
+        ] {
+            assert!(!is_user_id(bad), "{bad}");
+        }
     }
 }
