@@ -562,6 +562,14 @@ impl Config {
         Ok(builder.build()?.try_deserialize()?)
     }
 
+    /// Parses a configuration from TOML text, without the environment (for tests and fuzzing).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Ok(config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?)
+    }
+
     /// Loads and validates; the error lists every problem.
     pub fn load_checked(path: Option<&Path>) -> Result<Self, ConfigError> {
         let config = Self::load(path)?;

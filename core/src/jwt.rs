@@ -109,7 +109,16 @@ pub(crate) async fn verify_jwt(
     rules: &JwtRules<'_>,
 ) -> Result<VerifiedJwt, TokenError> {
     let verified = verify_jws(token, jwks, algorithms).await?;
-    let typ = match verified.header.get("typ") {
+    check_claims(&verified.header, verified.claims, rules)
+}
+
+/// The checks after the signature: `typ` from the header, then the registered claims.
+pub(crate) fn check_claims(
+    header: &Map<String, Value>,
+    claims: Map<String, Value>,
+    rules: &JwtRules<'_>,
+) -> Result<VerifiedJwt, TokenError> {
+    let typ = match header.get("typ") {
         None => None,
         Some(Value::String(t)) => Some(t.as_str()),
         Some(_) => return Err(TokenError::Malformed("`typ` is not a string".into())),
@@ -128,7 +137,6 @@ pub(crate) async fn verify_jwt(
     {
         return Err(TokenError::WrongType(typ.map(str::to_owned)));
     }
-    let claims = verified.claims;
     let iss = claim_str(&claims, "iss")?.ok_or(TokenError::Claim("iss"))?;
     if iss != rules.issuer {
         return Err(TokenError::WrongIssuer(iss));

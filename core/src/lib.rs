@@ -7,6 +7,8 @@ pub mod config;
 pub mod crypto;
 pub mod error_reply;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_targets;
 pub mod homeserver;
 pub mod http;
 pub mod identity;

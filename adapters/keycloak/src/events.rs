@@ -308,3 +308,59 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     mac.update(body);
     hex(&mac.finalize().into_bytes())
 }
+
+/// The fuzz entry point (fuzz/, SECURITY.md): the input as the body of a delivery with good
+/// HTTP Basic credentials, so that the parser runs; and with its first bytes (up to a newline)
+/// as the `X-Keycloak-Signature` of the rest, so that the HMAC check runs. Never panics.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_delivery(data: &[u8]) {
+    use axum::http::{HeaderMap, HeaderValue};
+    let auth = WebhookAuth {
+        hmac: Some(SecretString::new("fuzz-secret")),
+        basic: Some(("fuzz".into(), SecretString::new("fuzz-password"))),
+    };
+    let mut headers = HeaderMap::new();
+    // "fuzz:fuzz-password"
+    headers.insert(
+        axum::http::header::AUTHORIZATION,
+        HeaderValue::from_static("Basic ZnV6ejpmdXp6LXBhc3N3b3Jk"),
+    );
+    let _ = parse(
+        &auth,
+        &WebhookRequest {
+            headers: &headers,
+            body: data,
+        },
+    );
+    let (signature, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    if let Ok(value) = HeaderValue::from_bytes(signature) {
+        let mut headers = HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, value);
+        let _ = parse(
+            &auth,
+            &WebhookRequest {
+                headers: &headers,
+                body,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_smoke {
+    #[test]
+    fn the_webhook_parser_survives_its_corpus_and_seeded_mutations() {
+        let corpus = mxidp_core::fuzz_targets::corpus("keycloak_webhook");
+        assert!(!corpus.is_empty());
+        let ran = mxidp_core::fuzz_targets::smoke(
+            "keycloak_webhook",
+            super::fuzz_delivery,
+            &corpus,
+            std::time::Duration::from_secs(2),
+        );
+        assert!(ran > corpus.len());
+    }
+}

@@ -28,7 +28,7 @@ const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchan
 const MAX_AGE_WITHOUT_EXP: i64 = 600;
 
 #[derive(Debug, thiserror::Error)]
-enum LogoutError {
+pub(crate) enum LogoutError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error(transparent)]
@@ -176,7 +176,7 @@ async fn receive(app: &App, body: &[u8]) -> Result<(), LogoutError> {
 
 /// The single `logout_token` form parameter (§2.5). The body is parsed as a form whatever the
 /// `Content-Type` says.
-fn logout_token(body: &[u8]) -> Result<String, LogoutError> {
+pub(crate) fn logout_token(body: &[u8]) -> Result<String, LogoutError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|_| LogoutError::InvalidRequest("the body is not a form".into()))?;
     let mut tokens = pairs.into_iter().filter(|(k, _)| k == "logout_token");

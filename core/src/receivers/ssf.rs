@@ -25,7 +25,7 @@ const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 
 /// The normalised event for a SET event type, `None` for types mxidp does not act on
 /// (stream verification, `stream-updated`, other CAEP/RISC events).
-fn event_for(event_type: &str, subject: String) -> Option<IdpEvent> {
+pub(crate) fn event_for(event_type: &str, subject: String) -> Option<IdpEvent> {
     if let Some(caep) = event_type.strip_prefix(CAEP) {
         return match caep {
             "session-revoked" => Some(IdpEvent::AllSessionsEnded { subject }),

@@ -147,6 +147,14 @@ impl JwksCache {
         self
     }
 
+    /// Loads a JWK Set document as if it had been fetched, fresh for the refresh interval: for
+    /// fuzzing the verifier with no network.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn preload(&self, document: &[u8]) -> Result<(), UpstreamError> {
+        self.store(parse_jwk_set(document)?, None);
+        Ok(())
+    }
+
     /// The key to verify a token signed with `alg` and naming `kid`.
     ///
     /// Without a `kid`, the key is used only if it is the one key of the set that can verify
