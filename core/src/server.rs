@@ -295,6 +295,15 @@ pub fn spawn_pruning(app: App) -> tokio::task::JoinHandle<()> {
 
 /// One pruning round (also what `spawn_pruning` runs every minute).
 pub async fn prune_once(app: &AppState, now: i64) {
+    // A sign-in that expired before it became a session hands its IdP tokens back first.
+    match app.store.expired_logins(now, 1_000).await {
+        Ok(logins) => {
+            for login in &logins {
+                crate::http::revoke_sealed_login(app, login).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading expired sign-ins failed"),
+    }
     match app.store.prune(now).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(pruned = n, "pruned expired sign-ins"),

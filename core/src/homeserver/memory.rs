@@ -41,6 +41,9 @@ struct State {
     exclusive: BTreeSet<String>,
     calls: Vec<String>,
     unavailable: bool,
+    /// Refuse (400) every provisioning that sets a profile field, as Synapse does with a value
+    /// it will not store.
+    refuse_profiles: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,11 @@ impl MemoryHomeserver {
     /// While `true`, every call is recorded and then fails with [`HomeserverError::Transport`].
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state().unavailable = unavailable;
+    }
+
+    /// While `true`, a `provision_user` that sets a display name, avatar or e-mails gets 400.
+    pub fn set_refuse_profiles(&self, refuse: bool) {
+        self.state().refuse_profiles = refuse;
     }
 
     /// Every call made so far, in order, e.g. `"upsert_device alice DEVICEID1234"` (calls made
@@ -241,6 +249,9 @@ impl HomeserverConnection for MemoryHomeserver {
             state.users.insert(localpart.clone(), user);
             Provisioned::Created
         };
+        if state.refuse_profiles && request.has_profile() {
+            return Err(rejected("M_INVALID_PARAM", "profile refused (test)"));
+        }
         // Synapse's canonicalise_email: exactly one `@`, else the whole call fails with 400.
         if let FieldAction::Set(emails) = &request.emails {
             if emails.iter().any(|e| e.trim().split('@').count() != 2) {

@@ -53,6 +53,14 @@ impl ProvisionRequest {
             locked: None,
         }
     }
+
+    /// Whether the request changes profile fields (display name, avatar, e-mails).
+    pub fn has_profile(&self) -> bool {
+        !matches!(
+            (&self.displayname, &self.avatar_url, &self.emails),
+            (FieldAction::Keep, FieldAction::Keep, FieldAction::Keep)
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,3 +36,35 @@ pub fn same_browser(app: &AppState, headers: &HeaderMap, pending: &PendingAuthor
         )
     })
 }
+
+/// A sign-in that will not become a session (refused, denied, failed, expired) hands the
+/// IdP's tokens back: a failed sign-in leaves no IdP grant behind. Best effort, logged.
+pub async fn revoke_unused_tokens(app: &AppState, refresh: Option<&str>, access: &str) {
+    let Some(upstream) = app.upstream.get() else {
+        return;
+    };
+    let (token, hint) = match refresh {
+        Some(refresh) => (refresh, crate::upstream::TokenTypeHint::RefreshToken),
+        None => (access, crate::upstream::TokenTypeHint::AccessToken),
+    };
+    if let Err(e) = upstream.revoke(token, hint).await {
+        tracing::warn!(error = %e, "could not revoke the IdP tokens of a sign-in that did not complete");
+    }
+}
+
+/// [`revoke_unused_tokens`] for the tokens sealed in a pending sign-in.
+pub async fn revoke_sealed_login(app: &AppState, login: &crate::store::UpstreamLogin) {
+    #[derive(serde::Deserialize)]
+    struct Sealed {
+        access_token: String,
+        refresh_token: Option<String>,
+    }
+    let sealed: Option<Sealed> = app
+        .sealer
+        .open(&login.sealed_tokens)
+        .ok()
+        .and_then(|raw| serde_json::from_slice(&raw).ok());
+    if let Some(sealed) = sealed {
+        revoke_unused_tokens(app, sealed.refresh_token.as_deref(), &sealed.access_token).await;
+    }
+}

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::browser_flow::{client_redirect, same_browser};
+use super::browser_flow::{client_redirect, revoke_unused_tokens, same_browser};
 use super::{consent, internal, App, AppState};
 use crate::ids::now_unix;
 use crate::signin;
@@ -133,6 +133,12 @@ pub async fn get(
         Ok(login) => login,
         Err(e) => {
             let _ = app.store.delete_pending(&pending.id).await;
+            revoke_unused_tokens(
+                &app,
+                tokens.refresh_token.as_ref().map(|t| t.expose()),
+                tokens.access_token.expose(),
+            )
+            .await;
             return Err(e);
         }
     };

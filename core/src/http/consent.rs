@@ -9,9 +9,9 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::authorize::see_other;
-use super::browser_flow::{client_redirect, same_browser};
+use super::browser_flow::{client_redirect, revoke_sealed_login, same_browser};
 use super::{internal, pages, paths, App, AppState};
-use crate::homeserver::{FieldAction, ProvisionRequest};
+use crate::homeserver::{FieldAction, HomeserverError, ProvisionRequest};
 use crate::ids::{now_unix, random_token, TokenHash};
 use crate::registration::ClientMetadata;
 use crate::secret::constant_time_eq;
@@ -118,6 +118,7 @@ pub async fn post(
                 .delete_pending(&pending.id)
                 .await
                 .map_err(|e| RouteError::internal("delete pending", &e))?;
+            revoke_sealed_login(&app, login).await;
             let to = client_redirect_for(&app, &pending)?;
             Ok(to.error("access_denied", "the user denied access"))
         }
@@ -135,6 +136,56 @@ fn client_redirect_for(
             "Invalid stored redirect.".into(),
         )
     })
+}
+
+/// Creates or updates the account. Profile data never blocks a sign-in: when the homeserver
+/// refuses the request with the profile (a display name or e-mail it will not take), the account
+/// is provisioned without it, and that is logged and audited. A refusal of the account itself
+/// is shown for what it is, an outage as an outage.
+async fn provision(app: &AppState, request: &ProvisionRequest) -> Result<(), RouteError> {
+    let refused = |e: &HomeserverError| !e.is_transient();
+    let first = app.homeserver.provision_user(request).await;
+    let outcome = match first {
+        Err(e) if refused(&e) && request.has_profile() => {
+            tracing::warn!(localpart = %request.localpart, error = %e, "the homeserver refused the profile; provisioning without it");
+            crate::audit::record(
+                app.store.as_ref(),
+                crate::audit::AuditEntry {
+                    actor: "mxidp".into(),
+                    action: "profile.skipped".into(),
+                    target: request.localpart.to_string(),
+                    source: "consent".into(),
+                    outcome: format!("skipped: {e}"),
+                    correlation_id: request.localpart.to_string(),
+                    details: serde_json::Value::Null,
+                },
+            )
+            .await;
+            app.homeserver
+                .provision_user(&ProvisionRequest::new(request.localpart.clone()))
+                .await
+        }
+        other => other,
+    };
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if refused(&e) => Err(RouteError::Page(
+            StatusCode::FORBIDDEN,
+            "Matrix account refused",
+            format!(
+                "The homeserver refused to prepare your Matrix account ({e}). Ask your administrator. Reference: {}",
+                internal("provision user refused", &e)
+            ),
+        )),
+        Err(e) => Err(RouteError::Page(
+            StatusCode::BAD_GATEWAY,
+            "Homeserver unavailable",
+            format!(
+                "Your Matrix account could not be prepared. Try again in a moment. Reference: {}",
+                internal("provision user", &e)
+            ),
+        )),
+    }
 }
 
 /// Provision the user in the homeserver (the account must exist before the client's first
@@ -157,16 +208,11 @@ async fn complete(
     if !login.emails.is_empty() {
         request.emails = FieldAction::Set(login.emails.clone());
     }
-    app.homeserver.provision_user(&request).await.map_err(|e| {
-        RouteError::Page(
-            StatusCode::BAD_GATEWAY,
-            "Homeserver unavailable",
-            format!(
-                "Your Matrix account could not be prepared. Try again in a moment. Reference: {}",
-                internal("provision user", &e)
-            ),
-        )
-    })?;
+    if let Err(e) = provision(app, &request).await {
+        let _ = app.store.delete_pending(&pending.id).await;
+        revoke_sealed_login(app, &login).await;
+        return Err(e);
+    }
     // One code per sign-in: a resubmitted consent form finds the stage moved on.
     pending.stage = AuthorizationStage::CodeIssued;
     app.store

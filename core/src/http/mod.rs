@@ -18,6 +18,7 @@ pub(crate) mod registration;
 pub(crate) mod revoke;
 pub(crate) mod token;
 
+pub use browser_flow::revoke_sealed_login;
 pub use introspect::introspect_token;
 
 #[cfg(test)]

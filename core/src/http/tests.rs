@@ -1793,7 +1793,11 @@ async fn introspect_revalidation_runs_behind_the_hot_path_cached_and_ends_only_o
         "the session did not end"
     );
     assert_eq!(asked(), 2);
-    assert!(env.hs.devices(&alice()).is_empty());
+    // The device goes right after the store marks the session ended (same task, a moment later).
+    assert!(
+        until_with_pipeline(&env, || async { env.hs.devices(&alice()).is_empty() }).await,
+        "the device was not deleted"
+    );
 }
 
 fn load_config(toml: &str) -> crate::config::Config {
@@ -2265,4 +2269,85 @@ async fn registrations_never_used_are_pruned_and_used_ones_kept() {
     let left = env.app.store.clients(10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0.client_id, used.client_id);
+}
+
+#[tokio::test]
+async fn a_refused_or_denied_sign_in_hands_the_idp_tokens_back() {
+    // Refused by the access policy after the IdP signed the user in.
+    let env = env_with("[policy]\naccess = { claim = \"groups\", value = \"matrix-users\" }").await;
+    let (page, _) = env.to_callback(&env.request("DEVICE000117").await).await;
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        env.idp.revoked_tokens().len(),
+        1,
+        "the IdP grant is revoked"
+    );
+
+    // Denied by the user on the consent page.
+    let denying = self::env().await;
+    let r = denying.request("DEVICE000118").await;
+    let (page, cookie) = denying.to_callback(&r).await;
+    let denied = denying.consent(page, &cookie, "deny").await;
+    assert_eq!(denied.status(), StatusCode::SEE_OTHER);
+    assert_eq!(denying.idp.revoked_tokens().len(), 1);
+    assert_eq!(
+        denying.idp.revoked_tokens()[0].token_type_hint.as_deref(),
+        Some("refresh_token")
+    );
+}
+
+#[tokio::test]
+async fn a_profile_the_homeserver_refuses_does_not_block_the_sign_in() {
+    let env = env().await;
+    env.hs.set_refuse_profiles(true);
+    let tokens = env.tokens(&env.request("DEVICE000119").await).await;
+    assert_eq!(
+        env.introspect(tokens["access_token"].as_str().unwrap())
+            .await["username"],
+        "alice"
+    );
+    let user = env
+        .hs
+        .user(&alice())
+        .expect("provisioned without the profile");
+    assert_ne!(user.display_name.as_deref(), Some("Alice Liddell"));
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    assert!(records.iter().any(|r| r.action == "profile.skipped"));
+}
+
+#[tokio::test]
+async fn a_homeserver_refusal_is_shown_for_what_it_is() {
+    let env = env().await;
+    // The localpart was free at the callback, then an account Synapse holds for someone else
+    // appears before consent: the account itself is refused, and the page says so.
+    let r = env.request("DEVICE000120").await;
+    let (page, cookie) = env.to_callback(&r).await;
+    env.hs.mark_taken("alice");
+    let done = env.consent(page, &cookie, "allow").await;
+    let status = done.status();
+    let text = done.text().await.unwrap();
+    assert!(
+        status == StatusCode::FORBIDDEN && text.contains("refused"),
+        "{status} {text}"
+    );
+    assert!(!text.contains("unavailable"), "{text}");
+}
+
+#[tokio::test]
+async fn a_sign_in_left_at_the_consent_page_hands_the_idp_tokens_back_when_it_expires() {
+    let env = env().await;
+    let (page, _) = env.to_callback(&env.request("DEVICE000121").await).await;
+    assert_eq!(page.status(), StatusCode::OK, "the consent page");
+    crate::server::prune_once(&env.app, crate::ids::now_unix() + 60).await;
+    assert!(env.idp.revoked_tokens().is_empty(), "not expired yet");
+    crate::server::prune_once(&env.app, crate::ids::now_unix() + 3_600).await;
+    assert_eq!(env.idp.revoked_tokens().len(), 1);
+    assert_eq!(
+        env.app
+            .store
+            .pending_count(crate::ids::now_unix())
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -358,6 +358,10 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     /// Deletes a client registration; `false` when there was none. Its sessions are not touched.
     async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError>;
 
+    /// The IdP sign-ins of pending authorizations that expired before they became a session
+    /// (at most `limit`): their IdP tokens are revoked before [`Store::prune`] deletes them.
+    async fn expired_logins(&self, now: i64, limit: i64) -> Result<Vec<UpstreamLogin>, StoreError>;
+
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
 

@@ -669,6 +669,21 @@ impl Store for SqliteStore {
             == 1)
     }
 
+    async fn expired_logins(&self, now: i64, limit: i64) -> Result<Vec<UpstreamLogin>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT data FROM pending_authorizations WHERE expires_at < ? ORDER BY expires_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|data| pending_from_json(data).ok())
+            .filter_map(|p| p.login)
+            .collect())
+    }
+
     async fn prune(&self, now: i64) -> Result<u64, StoreError> {
         let a = sqlx::query("DELETE FROM pending_authorizations WHERE expires_at < ?")
             .bind(now)
