@@ -259,7 +259,7 @@ async fn create_sessions(stack: &Stack, sessions: usize, users: usize) -> Vec<St
             .await
             .expect("upsert_device");
         let session = Session {
-            id: format!("bench-{i}"),
+            id: format!("bench-{i}").into(),
             provider: app.mapping.upstream_id.clone(),
             subject: format!("sub-bench{u}"),
             localpart,
@@ -280,7 +280,7 @@ async fn create_sessions(stack: &Stack, sessions: usize, users: usize) -> Vec<St
             .to_owned();
         let record = TokenRecord {
             hash: TokenHash::of(&token),
-            session_id: session.id.clone(),
+            session_id: session.id.to_string(),
             kind: TokenKind::Access,
             expires_at: Some(now + 3600),
             issued_at: now,

@@ -218,7 +218,7 @@ async fn fill(store: &SqliteStore, count: usize) -> Vec<String> {
             let token = new_token();
             let device = DeviceId::parse(&format!("BENCHDEV{i:08}")).expect("device id");
             let session = Session {
-                id: format!("session-{i}"),
+                id: format!("session-{i}").into(),
                 provider: "generic".into(),
                 subject: format!("subject-{i}"),
                 localpart: Localpart::parse(&format!("user{i}")).expect("localpart"),
@@ -236,7 +236,7 @@ async fn fill(store: &SqliteStore, count: usize) -> Vec<String> {
             };
             let record = TokenRecord {
                 hash: TokenHash::of(&token),
-                session_id: session.id.clone(),
+                session_id: session.id.to_string(),
                 kind: TokenKind::Access,
                 expires_at: Some(now + 3600),
                 issued_at: now,

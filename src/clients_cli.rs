@@ -81,7 +81,7 @@ pub async fn run(command: ClientsCommand) -> anyhow::Result<()> {
                         &session.id,
                         now,
                         &IdpEvent::MxidpSessionEnded {
-                            session_id: session.id.clone(),
+                            session_id: session.id.to_string(),
                         },
                         now,
                     )

@@ -163,7 +163,7 @@ async fn a_thousand_events_survive_a_synapse_outage_and_apply_once() {
                 .await
                 .unwrap();
             let session = Session {
-                id: format!("load-{u}-{d}"),
+                id: format!("load-{u}-{d}").into(),
                 provider: app.mapping.upstream_id.clone(),
                 subject: format!("sub-load{u}"),
                 localpart: localpart.clone(),
@@ -184,7 +184,7 @@ async fn a_thousand_events_survive_a_synapse_outage_and_apply_once() {
                 .to_owned();
             let record = TokenRecord {
                 hash: TokenHash::of(&token),
-                session_id: session.id.clone(),
+                session_id: session.id.to_string(),
                 kind: TokenKind::Access,
                 expires_at: Some(now + 3600),
                 issued_at: now,

@@ -36,7 +36,7 @@ pub struct ActiveToken {
 impl ActiveToken {
     pub fn new(token: &TokenRecord, session: &Session) -> Self {
         let mut active = Self {
-            session_id: session.id.clone(),
+            session_id: session.id.to_string(),
             subject: session.subject.clone(),
             localpart: session.localpart.to_string(),
             client_id: session.client_id.clone(),

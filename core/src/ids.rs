@@ -89,6 +89,65 @@ impl<'de> Deserialize<'de> for Localpart {
     }
 }
 
+/// An mxidp session's id: random, minted by mxidp (never from a request), stored and logged.
+/// Its own type, so that a client id or a subject cannot be passed where a session is meant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A new random session id.
+    pub fn new() -> Self {
+        Self(random_token(16))
+    }
+
+    /// A session id as stored (the store and the event log hand them back).
+    pub fn from_stored(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for SessionId {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for SessionId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for SessionId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 /// A Matrix device id chosen by the client in its device scope. The spec requires RFC 6749
 /// scope-token characters (`%x21 / %x23-5B / %x5D-7E`); we also require at least 10 characters,
 /// as MAS does, so that guessable ids are refused.

@@ -188,7 +188,7 @@ async fn check_session(
                 }
             }
             let event = IdpEvent::MxidpSessionEnded {
-                session_id: session.id.clone(),
+                session_id: session.id.to_string(),
             };
             let key = format!("reconcile:{}", session.id);
             match accept(app, key, event, &session.id, now).await {
@@ -374,7 +374,7 @@ client_secret = "unused-here"
             let refresh = tokens.refresh_token.unwrap().expose().to_owned();
             let id = format!("session-{subject}-{created_at}");
             let session = Session {
-                id: id.clone(),
+                id: id.clone().into(),
                 provider: "generic".into(),
                 subject: subject.into(),
                 localpart: Localpart::parse(subject).unwrap(),

@@ -104,10 +104,10 @@ pub async fn end_session(
         .accept(
             cause.source(),
             ReceivedEvent {
-                dedupe_key: session.id.clone(),
+                dedupe_key: session.id.to_string(),
                 occurred_at: now,
                 event: IdpEvent::MxidpSessionEnded {
-                    session_id: session.id.clone(),
+                    session_id: session.id.to_string(),
                 },
             },
         )
@@ -157,7 +157,7 @@ pub async fn end_in_store(
         AuditEntry {
             actor: "mxidp".into(),
             action: "session.ended".into(),
-            target: session.id.clone(),
+            target: session.id.to_string(),
             source: source.into(),
             outcome: "ok".into(),
             correlation_id: correlation_id.into(),

@@ -105,7 +105,7 @@ impl Env {
         sid: Option<&str>,
     ) -> TokenHash {
         let session = Session {
-            id: format!("session-{device_id}"),
+            id: format!("session-{device_id}").into(),
             provider: self.app.mapping.upstream_id.clone(),
             subject: subject.into(),
             localpart: lp(localpart),
@@ -123,7 +123,7 @@ impl Env {
         };
         let token = TokenRecord {
             hash: TokenHash::of(&format!("access-{device_id}")),
-            session_id: session.id.clone(),
+            session_id: session.id.to_string(),
             kind: TokenKind::Access,
             expires_at: None,
             issued_at: t0() - 500,

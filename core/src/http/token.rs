@@ -13,7 +13,7 @@ use serde_json::json;
 use super::authorize::pkce_s256;
 use super::{internal, oauth_error, App, AppState};
 use crate::cache::ActiveToken;
-use crate::ids::{now_unix, random_token, TokenHash};
+use crate::ids::{now_unix, SessionId, TokenHash};
 use crate::registration::{ClientMetadata, GrantType};
 use crate::scope::MatrixScope;
 use crate::secret::{constant_time_eq, SecretString};
@@ -267,7 +267,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         .access_expires_in
         .map(lifetime_seconds)
         .unwrap_or(app.lifetimes.default_access_token);
-    let session_id = random_token(16);
+    let session_id = SessionId::new();
     // No Matrix refresh token without an IdP one to refresh with, nor for a client that did
     // not register the grant (RFC 6749 §1.5, RFC 7591 §2).
     let issued = IssuedTokens::new(
@@ -330,10 +330,10 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         crate::audit::AuditEntry {
             actor: format!("client:{}", session.client_id),
             action: "session.started".into(),
-            target: session.id.clone(),
+            target: session.id.to_string(),
             source: "token".into(),
             outcome: "ok".into(),
-            correlation_id: session.id.clone(),
+            correlation_id: session.id.to_string(),
             details: serde_json::json!({
                 "upstream": session.provider,
                 "subject": session.subject,

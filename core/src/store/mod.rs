@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, Localpart, TokenHash};
+use crate::ids::{DeviceId, Localpart, SessionId, TokenHash};
 
 pub mod sqlite;
 mod sqlite_audit;
@@ -151,7 +151,7 @@ pub enum SessionState {
 /// One signed-in Matrix device: an mxidp session wrapping the IdP's tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub id: String,
+    pub id: SessionId,
     pub provider: String,
     pub subject: String,
     pub localpart: Localpart,

@@ -67,7 +67,7 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
 
 fn session_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
     Ok(Session {
-        id: row.try_get("id")?,
+        id: SessionId::from_stored(row.try_get::<String, _>("id")?),
         provider: row.try_get("provider")?,
         subject: row.try_get("subject")?,
         localpart: Localpart::parse(row.try_get::<&str, _>("localpart")?)
@@ -135,7 +135,7 @@ fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(TokenRecord, Session
         .ok_or_else(|| StoreError::Corrupt("token hash".into()))?;
     let token = TokenRecord {
         hash,
-        session_id: session.id.clone(),
+        session_id: session.id.to_string(),
         kind,
         expires_at: row.try_get("t_expires_at")?,
         issued_at: row.try_get("t_issued_at")?,
@@ -417,7 +417,7 @@ impl Store for SqliteStore {
              sealed_refresh_token, sealed_access_token, created_at, ended_at, end_reason) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(&s.id)
+        .bind(s.id.as_str())
         .bind(&s.provider)
         .bind(&s.subject)
         .bind(s.localpart.as_str())
@@ -722,7 +722,7 @@ impl Store for SqliteStore {
         for session in &sessions {
             sqlx::query("UPDATE sessions SET last_checked_at = ? WHERE id = ?")
                 .bind(now)
-                .bind(&session.id)
+                .bind(session.id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
