@@ -351,6 +351,27 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Starts a cross-signing reset at the account page: the redirect to the IdP and the
+    /// browser-binding cookie it set.
+    async fn start_cross_signing_reset(&self) -> (reqwest::Response, String) {
+        let start = self
+            .http
+            .get(self.url("account?action=org.matrix.cross_signing_reset"))
+            .send()
+            .await
+            .unwrap();
+        let cookie = start.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        (start, cookie)
+    }
+}
+
 fn location(r: &reqwest::Response) -> String {
     r.headers()
         .get(LOCATION)
@@ -1225,19 +1246,7 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
 async fn a_cancelled_cross_signing_reset_changes_nothing() {
     let env = env().await;
     env.tokens(&env.request("DEVICE000038").await).await;
-    let start = env
-        .http
-        .get(env.url("account?action=org.matrix.cross_signing_reset"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = start.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
     let page = env
         .http
@@ -1272,19 +1281,7 @@ async fn a_cancelled_cross_signing_reset_changes_nothing() {
 #[tokio::test]
 async fn cross_signing_reset_for_an_unknown_identity_changes_nothing() {
     let env = env().await;
-    let start = env
-        .http
-        .get(env.url("account?action=org.matrix.cross_signing_reset"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = start.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
     let done = env
         .http
@@ -1704,19 +1701,7 @@ async fn cross_signing_reset_needs_proof_of_a_fresh_sign_in() {
     ] {
         let env = env().await;
         env.tokens(&env.request("DEVICE000037").await).await;
-        let start = env
-            .http
-            .get(env.url("account?action=org.matrix.cross_signing_reset"))
-            .send()
-            .await
-            .unwrap();
-        let cookie = start.headers()[SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let (start, cookie) = env.start_cross_signing_reset().await;
         env.idp.forge_next_id_token(json!({}), patch);
         let back = env.http.get(location(&start)).send().await.unwrap();
         let done = env
