@@ -279,7 +279,12 @@ impl Default for LimitsConfig {
             authorizations_per_window: 300,
             account_actions_per_window: 30,
             window_seconds: 600,
-            trusted_proxies: Vec::new(),
+            // A reverse proxy on the same host (the usual TLS terminator) is trusted out of the
+            // box; without it every client would share the proxy's limit.
+            trusted_proxies: vec![
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ],
             max_pending_authorizations: 10_000,
             unused_client_seconds: 86_400,
         }

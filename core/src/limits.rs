@@ -155,7 +155,13 @@ pub async fn limit(
     match app.limits.check(bucket, address, crate::ids::now_unix()) {
         Ok(()) => next.run(request).await,
         Err(retry_after) => {
-            tracing::info!(?bucket, ?address, "rate limit reached");
+            // Behind a proxy that is not in `limits.trusted_proxies`, every client seems to be
+            // the proxy and all share one limit: say so where the operator looks.
+            tracing::warn!(
+                ?bucket,
+                ?address,
+                "rate limit reached for this address (if it is your reverse proxy, add it to limits.trusted_proxies)"
+            );
             too_many(retry_after).into_response()
         }
     }
@@ -188,6 +194,20 @@ mod tests {
         assert!(l.check(Bucket::Authorization, a, 130).is_ok());
         // The next window starts afresh.
         assert!(l.check(Bucket::Registration, a, 180).is_ok());
+    }
+
+    #[test]
+    fn a_proxy_on_the_same_host_is_trusted_by_default() {
+        let l = RateLimiter::new(LimitsConfig::default());
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        for proxy in ["127.0.0.1", "::1"] {
+            assert_eq!(
+                l.client_address(Some(proxy.parse().unwrap()), &headers),
+                Some("203.0.113.9".parse().unwrap()),
+                "{proxy}"
+            );
+        }
     }
 
     #[test]
