@@ -1,26 +1,14 @@
 //! `mxidp clients list | delete` on a real database file, as an operator runs them.
 
-use std::process::Command;
-
 use mxidp_core::events::{EventStore, IdpEvent};
 use mxidp_core::ids::{DeviceId, Localpart};
 use mxidp_core::store::{RegisteredClient, Session, SessionState, SqliteStore, Store};
 use serde_json::json;
 
+mod support;
+
 fn clients(db: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxidp"))
-        .arg("clients")
-        .args(args)
-        .arg("--config")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mxidp.example.toml"))
-        .env("MXIDP__DATABASE__URL", db)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::cli::mxidp("clients", db, args)
 }
 
 #[tokio::test]

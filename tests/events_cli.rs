@@ -1,28 +1,12 @@
 //! `mxidp events list | retry | replay` on a real database file, as an operator runs them.
 
-use std::process::Command;
-
 use mxidp_core::events::{EventState, EventStore, IdpEvent};
 use mxidp_core::store::SqliteStore;
 
-fn example_config() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mxidp.example.toml")
-}
+mod support;
 
 fn events(db: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxidp"))
-        .arg("events")
-        .args(args)
-        .arg("--config")
-        .arg(example_config())
-        .env("MXIDP__DATABASE__URL", db)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::cli::mxidp("events", db, args)
 }
 
 #[tokio::test]

@@ -3,38 +3,14 @@
 //! homeserver is a fake `/_synapse/mas/*` that records what it was asked and answers 503 or 200.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use mxidp_core::events::{EventState, EventStore, IdpEvent};
 use mxidp_core::ids::{DeviceId, Localpart};
 use mxidp_core::store::{Identity, Session, SessionState, SqliteStore, Store};
 
-#[derive(Clone, Default)]
-struct FakeSynapse {
-    up: Arc<AtomicBool>,
-    /// (call, status answered).
-    calls: Arc<Mutex<Vec<(String, u16)>>>,
-}
-
-async fn mas(State(fake): State<FakeSynapse>, Path(call): Path<String>) -> StatusCode {
-    let status = if fake.up.load(Ordering::SeqCst) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    fake.calls.lock().unwrap().push((call, status.as_u16()));
-    status
-}
-
-fn example_config() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mxidp.example.toml")
-}
+mod support;
+use support::fake_mas::FakeMas;
 
 fn start(db: &str, synapse: &str) -> Child {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -44,7 +20,7 @@ fn start(db: &str, synapse: &str) -> Child {
         .port();
     Command::new(env!("CARGO_BIN_EXE_mxidp"))
         .args(["serve", "--config"])
-        .arg(example_config())
+        .arg(support::example_config())
         .env("MXIDP__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("MXIDP__DATABASE__URL", db)
         .env("MXIDP__MATRIX__ENDPOINT", synapse)
@@ -67,13 +43,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_restart() {
-    let fake = FakeSynapse::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let synapse = format!("http://{}/", listener.local_addr().unwrap());
-    let app = Router::new()
-        .route("/_synapse/mas/{call}", post(mas))
-        .with_state(fake.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (fake, synapse) = FakeMas::start().await;
 
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("mxidp.db").display());
@@ -142,7 +112,7 @@ async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_resta
     assert!(fake.calls.lock().unwrap().iter().all(|(_, s)| *s == 503));
 
     // Second life: the homeserver is back; the event is applied once.
-    fake.up.store(true, Ordering::SeqCst);
+    fake.set_up(true);
     let mut child = start(&db, &synapse);
     let mut applied = false;
     for _ in 0..300 {
@@ -162,15 +132,7 @@ async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_resta
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let successes: Vec<String> = fake
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, s)| *s == 200)
-        .map(|(c, _)| c.clone())
-        .collect();
-    assert_eq!(successes, ["sync_devices"]);
+    assert_eq!(fake.successes(), ["sync_devices"]);
     assert_eq!(
         store.session("session-1").await.unwrap().unwrap().state,
         SessionState::Ended

@@ -5,14 +5,9 @@
 //! fake `/_synapse/mas/*` that records what it was asked and answers 503 or 200.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use mxidp_core::crypto::Sealer;
 use mxidp_core::events::{EventState, EventStore};
 use mxidp_core::ids::{now_unix, DeviceId, Localpart, TokenHash};
@@ -24,30 +19,16 @@ use mxidp_core::store::{
 use mxidp_core::upstream::test_idp::{TestIdp, CLIENT_ID, CLIENT_SECRET};
 use serde_json::{json, Value};
 
+mod support;
+use support::fake_mas::FakeMas;
+
 /// The example configuration's key: the binary seals and opens with it.
 const ENCRYPTION_KEY: &str = "LOCAL-TRIAL-ONLY-encryption-key-replace-me-0000000000";
 const CLIENT: &str = "crash-client";
 const SESSION: &str = "session-1";
 
-#[derive(Clone, Default)]
-struct FakeSynapse {
-    up: Arc<AtomicBool>,
-    /// (call, status answered).
-    calls: Arc<Mutex<Vec<(String, u16)>>>,
-}
-
-async fn mas(State(fake): State<FakeSynapse>, Path(call): Path<String>) -> StatusCode {
-    let status = if fake.up.load(Ordering::SeqCst) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    fake.calls.lock().unwrap().push((call, status.as_u16()));
-    status
-}
-
 struct Harness {
-    fake: FakeSynapse,
+    fake: FakeMas,
     synapse: String,
     db: String,
     store: SqliteStore,
@@ -57,13 +38,7 @@ struct Harness {
 
 impl Harness {
     async fn new(issuer: &str) -> Self {
-        let fake = FakeSynapse::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let synapse = format!("http://{}/", listener.local_addr().unwrap());
-        let app = Router::new()
-            .route("/_synapse/mas/{call}", post(mas))
-            .with_state(fake.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (fake, synapse) = FakeMas::start().await;
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("mxidp.db").display());
         let store = SqliteStore::open(&db).await.unwrap();
@@ -164,7 +139,7 @@ impl Harness {
             .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mxidp"))
             .args(["serve", "--config"])
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mxidp.example.toml"))
+            .arg(support::example_config())
             .env("MXIDP__HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("MXIDP__DATABASE__URL", &self.db)
             .env("MXIDP__MATRIX__ENDPOINT", &self.synapse)
@@ -216,7 +191,7 @@ impl Harness {
             .all(|(_, s)| *s == 503));
 
         // Second life: the homeserver is back; the session end is applied once.
-        self.fake.up.store(true, Ordering::SeqCst);
+        self.fake.set_up(true);
         let (mut child, _) = self.start(ready).await;
         let mut applied = false;
         for _ in 0..300 {
@@ -236,16 +211,7 @@ impl Harness {
         tokio::time::sleep(Duration::from_secs(2)).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        let successes: Vec<String> = self
-            .fake
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| *s == 200)
-            .map(|(c, _)| c.clone())
-            .collect();
-        assert_eq!(successes, ["sync_devices"]);
+        assert_eq!(self.fake.successes(), ["sync_devices"]);
     }
 }
 

@@ -7,6 +7,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod cli;
+pub mod fake_mas;
 pub mod idp;
 pub mod keycloak;
 pub mod process;
@@ -25,6 +27,11 @@ pub use idp::{Idp, IdpAccount, IdpClient, IdpConfig};
 pub use synapse::{Synapse, SynapseOptions};
 
 /// The repository root (the root package's manifest directory).
+/// The documented example configuration, which the CLI and crash tests start from.
+pub fn example_config() -> PathBuf {
+    repo_root().join("deploy/mxidp.example.toml")
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

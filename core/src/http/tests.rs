@@ -121,6 +121,15 @@ impl Env {
             .unwrap();
     }
 
+    /// The tokens the IdP was asked to revoke, in order.
+    fn revoked_at_idp(&self) -> Vec<String> {
+        self.idp
+            .revoked_tokens()
+            .into_iter()
+            .map(|t| t.token)
+            .collect()
+    }
+
     /// The IdP access token sealed in the session behind a Matrix access token.
     async fn idp_access_token(&self, matrix_access: &str) -> String {
         self.idp_tokens(matrix_access).await.0
@@ -498,12 +507,7 @@ async fn full_flow_sign_in_introspect_refresh_revoke() {
         ])
         .await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    let revoked_at_idp: Vec<String> = env
-        .idp
-        .revoked_tokens()
-        .into_iter()
-        .map(|t| t.token)
-        .collect();
+    let revoked_at_idp = env.revoked_at_idp();
     assert_eq!(
         revoked_at_idp,
         [idp_refresh2.unwrap()],
@@ -1843,12 +1847,7 @@ async fn mxidp_rotates_its_refresh_token_whether_or_not_the_idp_does() {
             env.hs.devices(&alice()).is_empty(),
             "idp_rotates={idp_rotates}"
         );
-        let revoked: Vec<String> = env
-            .idp
-            .revoked_tokens()
-            .into_iter()
-            .map(|t| t.token)
-            .collect();
+        let revoked = env.revoked_at_idp();
         assert_eq!(
             revoked,
             [idp_refresh2.unwrap()],
