@@ -109,6 +109,12 @@ pub struct AppState {
     pub limits: crate::limits::RateLimiter,
     /// Background re-validation at the IdP (`upstream.revalidation = "introspect"`).
     pub revalidator: Option<crate::revalidate::Revalidator>,
+    /// The JWT-to-introspection shim, when `[jwt_shim]` is enabled.
+    pub jwt_shim: Option<crate::jwt_shim::JwtShim>,
+    /// Which users' IdP-issued JWTs are refused (their sessions were ended, they are locked):
+    /// kept by the event worker whether or not the shim is on, so that turning it on later
+    /// does not bring old tokens back.
+    pub subject_tokens: crate::jwt_shim::SubjectRules,
 }
 
 pub type App = Arc<AppState>;

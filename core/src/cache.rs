@@ -50,6 +50,24 @@ impl ActiveToken {
         active
     }
 
+    /// The answer for an IdP-issued JWT the shim accepted (docs/jwt-shim.md): the same
+    /// members as for mxidp's own tokens, from the token's claims and its mapping.
+    pub fn for_jwt(grant: JwtGrant<'_>, issued_at: i64, expires_at: i64) -> Self {
+        let mut active = Self {
+            session_id: grant.session_id.to_owned(),
+            subject: grant.subject.to_owned(),
+            localpart: grant.localpart.to_owned(),
+            client_id: grant.client_id.to_owned(),
+            scope: introspection_scope(grant.device_id, grant.admin),
+            device_id: grant.device_id.to_string(),
+            issued_at,
+            expires_at: Some(expires_at),
+            answer_prefix: String::new(),
+        };
+        active.answer_prefix = active.render_prefix();
+        active
+    }
+
     fn render_prefix(&self) -> String {
         let mut answer = serde_json::json!({
             "active": true,
@@ -81,6 +99,16 @@ impl ActiveToken {
         answer.push('}');
         answer
     }
+}
+
+/// Who an accepted IdP-issued JWT maps to, for [`ActiveToken::for_jwt`].
+pub struct JwtGrant<'a> {
+    pub session_id: &'a str,
+    pub subject: &'a str,
+    pub localpart: &'a str,
+    pub client_id: &'a str,
+    pub device_id: &'a crate::ids::DeviceId,
+    pub admin: bool,
 }
 
 /// What the cache knows about a token.

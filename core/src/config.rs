@@ -34,6 +34,9 @@ pub struct Config {
     pub reconciliation: ReconciliationConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The JWT-to-introspection shim (docs/jwt-shim.md).
+    #[serde(default)]
+    pub jwt_shim: crate::jwt_shim::ShimConfig,
     /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
     /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
     #[serde(default)]
@@ -867,6 +870,7 @@ impl Config {
                 "must be at least 60".into(),
             );
         }
+        self.jwt_shim.check(&self.upstream.issuer, &mut problems);
         problems
     }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod jwt;
+pub mod jwt_shim;
 pub mod limits;
 pub mod outbound;
 pub mod provider;

@@ -111,7 +111,12 @@ pub async fn reconcile_round(
         }
     }
 
-    let subjects: BTreeSet<&str> = batch.iter().map(|s| s.subject.as_str()).collect();
+    // Only the upstream's users: the JWT shim's service accounts are not users of the IdP.
+    let subjects: BTreeSet<&str> = batch
+        .iter()
+        .filter(|s| s.provider == app.mapping.upstream_id)
+        .map(|s| s.subject.as_str())
+        .collect();
     for subject in subjects {
         let started = pace.ready().await;
         let status = app.provider.user_status(subject).await;

@@ -162,6 +162,8 @@ pub fn assemble(
             .map_err(|e| BuildError::Http(e.to_string()))?,
         revalidator,
         limits: crate::limits::RateLimiter::new(config.limits.clone()),
+        jwt_shim: crate::jwt_shim::JwtShim::from_config(config).map_err(BuildError::Http)?,
+        subject_tokens: crate::jwt_shim::SubjectRules::default(),
     }))
 }
 
@@ -198,6 +200,7 @@ pub async fn build(config: &Config, provider: Arc<dyn Provider>) -> Result<App, 
     ));
     let app = assemble(config, store, homeserver, provider)?;
     warm_introspection_cache(&app).await?;
+    load_subject_token_rules(&app).await?;
     Ok(app)
 }
 
@@ -232,6 +235,18 @@ pub async fn warm_introspection_cache(app: &AppState) -> Result<usize, crate::st
         complete = app.cache.is_complete(),
         "introspection cache loaded"
     );
+    Ok(count)
+}
+
+/// Loads which users' IdP-issued JWTs are refused (for the JWT shim). Call once at start.
+pub async fn load_subject_token_rules(app: &AppState) -> Result<usize, crate::store::StoreError> {
+    let count = app
+        .subject_tokens
+        .load(app.store.as_ref(), &app.mapping.upstream_id)
+        .await?;
+    if app.jwt_shim.is_some() {
+        tracing::info!(restricted_subjects = count, "JWT shim enabled");
+    }
     Ok(count)
 }
 
@@ -270,6 +285,7 @@ pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     spawn_pruning(app.clone());
     // Its first round picks up the events accepted before a crash or a stop.
     crate::events::spawn_worker(app.clone());
+    crate::jwt_shim::spawn_service_accounts(app.clone());
     let r = &config.reconciliation;
     if crate::reconcile::spawn_reconciliation(app, r.clone()).is_some() {
         tracing::info!(

@@ -40,10 +40,12 @@ pub enum EndCause {
     TokenModelUpgrade,
     /// An operator deleted the client's registration (`mxidp clients delete`).
     ClientDeleted,
+    /// A JWT-shim service account was disabled in the configuration, or its device changed.
+    ServiceAccountDisabled,
 }
 
 impl EndCause {
-    pub const ALL: [EndCause; 9] = [
+    pub const ALL: [EndCause; 10] = [
         EndCause::Revoked,
         EndCause::CodeReplayed,
         EndCause::RefreshReused,
@@ -53,6 +55,7 @@ impl EndCause {
         EndCause::SigninFailed,
         EndCause::TokenModelUpgrade,
         EndCause::ClientDeleted,
+        EndCause::ServiceAccountDisabled,
     ];
 
     /// The event source, in the `idp_events` table and the audit log.
@@ -67,6 +70,7 @@ impl EndCause {
             EndCause::SigninFailed => "signin_failed",
             EndCause::TokenModelUpgrade => "token_model_upgrade",
             EndCause::ClientDeleted => "client_deleted",
+            EndCause::ServiceAccountDisabled => "service_account_config",
         }
     }
 
@@ -82,6 +86,7 @@ impl EndCause {
             EndCause::SigninFailed => "homeserver refused the device at sign-in",
             EndCause::TokenModelUpgrade => "upgrade to mxidp's own tokens",
             EndCause::ClientDeleted => "client registration deleted",
+            EndCause::ServiceAccountDisabled => "service account disabled or its device changed",
         }
     }
 

@@ -151,12 +151,14 @@ impl Action<'_> {
                 unreachable!("handled above")
             }
             IdpEvent::AllSessionsEnded { .. } => {
+                self.restrict_jwts(subject, None).await?;
                 self.end_subject_sessions(subject).await?;
                 self.sync_devices(localpart).await?;
             }
             IdpEvent::CredentialChanged { .. } => {
                 match app.events.settings().on_credential_change {
                     CredentialChangePolicy::EndSessions => {
+                        self.restrict_jwts(subject, None).await?;
                         self.end_subject_sessions(subject).await?;
                         self.sync_devices(localpart).await?;
                     }
@@ -168,25 +170,30 @@ impl Action<'_> {
                 }
             }
             IdpEvent::UserLocked { .. } => {
+                self.restrict_jwts(subject, Some(true)).await?;
                 self.end_subject_sessions(subject).await?;
                 self.set_locked(localpart, true).await?;
                 self.sync_devices(localpart).await?;
             }
             IdpEvent::UserUnlocked { .. } => {
+                self.enable_jwts(subject).await?;
                 self.set_locked(localpart, false).await?;
             }
             IdpEvent::UserDeactivated { erase, .. } => {
+                self.restrict_jwts(subject, Some(true)).await?;
                 self.end_subject_sessions(subject).await?;
                 // Deactivation also signs out every device in the homeserver.
                 self.delete_user(localpart, *erase).await?;
             }
             IdpEvent::UserReactivated { .. } => {
+                self.enable_jwts(subject).await?;
                 self.homeserver_call("reactivate_user", localpart, async {
                     app.homeserver.reactivate_user(localpart).await
                 })
                 .await?;
             }
             IdpEvent::UserDeleted { .. } => {
+                self.restrict_jwts(subject, Some(true)).await?;
                 self.end_subject_sessions(subject).await?;
                 let erase = app.events.settings().erase_on_delete;
                 self.delete_user(localpart, erase).await?;
@@ -226,6 +233,42 @@ impl Action<'_> {
         )
         .await;
         Ok(status.event(subject))
+    }
+
+    /// The IdP's own JWTs of the subject issued up to the event are refused from now on (the
+    /// JWT shim), and none at all while `disabled`. First, so that a failure later in the
+    /// action leaves no window.
+    async fn restrict_jwts(&self, subject: &str, disabled: Option<bool>) -> Result<(), ActionError> {
+        // The IdP's time of the event, on the clock its tokens' `iat` use; never in the future.
+        let not_before = self.event.occurred_at.min(self.now);
+        self.app
+            .subject_tokens
+            .restrict(
+                self.app.store.as_ref(),
+                &self.app.mapping.upstream_id,
+                subject,
+                Some(not_before),
+                disabled,
+                self.now,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The subject may use the IdP's JWTs issued after the last restriction again.
+    async fn enable_jwts(&self, subject: &str) -> Result<(), ActionError> {
+        self.app
+            .subject_tokens
+            .restrict(
+                self.app.store.as_ref(),
+                &self.app.mapping.upstream_id,
+                subject,
+                None,
+                Some(false),
+                self.now,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Ends the subject's active sessions and revokes them at the IdP (after the store, so

@@ -15,6 +15,11 @@ pub async fn live() -> impl IntoResponse {
 pub async fn ready(State(app): State<App>) -> impl IntoResponse {
     let store = app.store.ping().await.is_ok();
     let upstream = app.upstream.get().is_some();
+    // Not a readiness condition: mxidp's own tokens work without the shim's accounts.
+    let shim = app.jwt_shim.as_ref().map(|shim| {
+        let (ready, configured) = shim.accounts_ready();
+        json!({ "service_accounts_ready": ready, "service_accounts": configured })
+    });
     let status = if store && upstream {
         StatusCode::OK
     } else {
@@ -26,6 +31,7 @@ pub async fn ready(State(app): State<App>) -> impl IntoResponse {
             "status": if status == StatusCode::OK { "ready" } else { "not ready" },
             "store": if store { "ok" } else { "unavailable" },
             "upstream_discovery": if upstream { "loaded" } else { "not loaded (IdP unreachable or misconfigured; see logs)" },
+            "jwt_shim": shim,
         })),
     )
 }

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::{App, AppState};
 use crate::cache::{ActiveToken, Lookup};
 use crate::ids::{now_unix, TokenHash};
+use crate::jwt_shim::JwtShim;
 use crate::store::{SessionState, StoreError, TokenKind};
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -36,6 +37,13 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
             .into_response();
     };
     let now = now_unix();
+    if let Some(shim) = app.jwt_shim.as_ref().filter(|_| JwtShim::takes(&token)) {
+        return match shim.introspect(&app, &token, now).await {
+            Ok(Some(active)) => json_answer(active.answer(now)),
+            Ok(None) => json_answer(INACTIVE.to_owned()),
+            Err(e) => server_error(super::internal("introspection of a JWT", &e)),
+        };
+    }
     match introspect_token(&app, &token, now).await {
         Ok(Some(active)) => {
             // Answered from mxidp's state; re-validation at the IdP, if on, runs behind it.
@@ -45,16 +53,17 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
             json_answer(active.answer(now))
         }
         Ok(None) => json_answer(INACTIVE.to_owned()),
-        Err(e) => {
-            // Synapse turns a non-200 into 503 for its client, which is right for an outage.
-            let id = super::internal("introspection", &e);
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({ "error": "server_error", "error_description": id })),
-            )
-                .into_response()
-        }
+        Err(e) => server_error(super::internal("introspection", &e)),
     }
+}
+
+/// Synapse turns a non-200 into 503 for its client, which is right for an outage.
+fn server_error(reference: String) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": "server_error", "error_description": reference })),
+    )
+        .into_response()
 }
 
 const INACTIVE: &str = r#"{"active":false}"#;

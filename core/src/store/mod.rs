@@ -408,4 +408,37 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         provider: &str,
         subject: &str,
     ) -> Result<Vec<Session>, StoreError>;
+
+    // --- the JWT shim (docs/jwt-shim.md) ---
+
+    /// The newest session of a subject's device for a client, active or ended.
+    async fn latest_device_session(
+        &self,
+        provider: &str,
+        subject: &str,
+        client_id: &str,
+        device_id: &DeviceId,
+    ) -> Result<Option<Session>, StoreError>;
+    /// Every subject whose IdP-issued tokens are restricted.
+    async fn subject_token_rules(&self, provider: &str) -> Result<Vec<SubjectTokens>, StoreError>;
+    /// Raises the subject's `tokens_not_before` to `not_before` (never lowers it) and sets
+    /// `disabled` when given; returns the rule as it stands.
+    async fn restrict_subject_tokens(
+        &self,
+        provider: &str,
+        subject: &str,
+        not_before: Option<i64>,
+        disabled: Option<bool>,
+        now: i64,
+    ) -> Result<SubjectTokens, StoreError>;
+}
+
+/// Which of a subject's IdP-issued JWTs the shim still accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTokens {
+    pub subject: String,
+    /// Tokens issued at or before this (Unix seconds) are inactive.
+    pub not_before: i64,
+    /// No token is active (locked, deactivated or deleted at the IdP).
+    pub disabled: bool,
 }

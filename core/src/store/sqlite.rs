@@ -805,6 +805,73 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(session_from_row).collect()
     }
+
+    async fn latest_device_session(
+        &self,
+        provider: &str,
+        subject: &str,
+        client_id: &str,
+        device_id: &DeviceId,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.provider = ? AND s.subject = ? \
+             AND s.client_id = ? AND s.device_id = ? ORDER BY s.active DESC, s.created_at DESC LIMIT 1"
+        ))
+        .bind(provider)
+        .bind(subject)
+        .bind(client_id)
+        .bind(device_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn subject_token_rules(&self, provider: &str) -> Result<Vec<SubjectTokens>, StoreError> {
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "SELECT subject, tokens_not_before, disabled FROM subject_tokens WHERE provider = ?",
+        )
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(subject, not_before, disabled)| SubjectTokens {
+                subject,
+                not_before,
+                disabled,
+            })
+            .collect())
+    }
+
+    async fn restrict_subject_tokens(
+        &self,
+        provider: &str,
+        subject: &str,
+        not_before: Option<i64>,
+        disabled: Option<bool>,
+        now: i64,
+    ) -> Result<SubjectTokens, StoreError> {
+        let (not_before, disabled): (i64, bool) = sqlx::query_as(
+            "INSERT INTO subject_tokens (provider, subject, tokens_not_before, disabled, updated_at) \
+             VALUES (?1, ?2, COALESCE(?3, 0), COALESCE(?4, 0), ?5) \
+             ON CONFLICT (provider, subject) DO UPDATE SET \
+               tokens_not_before = MAX(tokens_not_before, COALESCE(?3, 0)), \
+               disabled = COALESCE(?4, disabled), updated_at = ?5 \
+             RETURNING tokens_not_before, disabled",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(not_before)
+        .bind(disabled)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(SubjectTokens {
+            subject: subject.to_owned(),
+            not_before,
+            disabled,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use super::jwks::JwksCache;
@@ -106,49 +106,95 @@ pub(crate) async fn verify_jws(
     jwks: &JwksCache,
     allowed: &[Algorithm],
 ) -> Result<VerifiedJws, IdTokenError> {
-    let segments: Vec<&str> = token.split('.').collect();
-    match segments.len() {
-        3 => {}
-        // RFC 7516 compact serialization: an encrypted token. mxidp registers no
-        // encryption key at the IdP, so this is either a misconfiguration or an attack.
-        5 => return Err(IdTokenError::Encrypted),
-        n => {
-            return Err(IdTokenError::Malformed(format!(
-                "{n} segments instead of 3"
-            )))
+    let parsed = ParsedJws::parse(token, allowed)?;
+    let key = jwks.key_for(parsed.kid(), parsed.alg).await?;
+    parsed.verify(key.key())
+}
+
+/// A compact JWS whose header was checked (algorithm allowed, no critical extensions) and
+/// whose signature is still to be verified: [`verify_jws`] waits for the key set when the
+/// `kid` is unknown; the JWT shim, which must answer without network I/O, takes the key it
+/// has now ([`JwksCache::key_now`]).
+pub(crate) struct ParsedJws<'t> {
+    pub header: Map<String, Value>,
+    pub alg: Algorithm,
+    /// The exact bytes that were signed: `header.payload` as received.
+    message: &'t str,
+    payload_b64: &'t str,
+    signature_b64: &'t str,
+}
+
+impl<'t> ParsedJws<'t> {
+    pub(crate) fn parse(token: &'t str, allowed: &[Algorithm]) -> Result<Self, IdTokenError> {
+        let segments: Vec<&str> = token.split('.').collect();
+        match segments.len() {
+            3 => {}
+            // RFC 7516 compact serialization: an encrypted token. mxidp registers no
+            // encryption key at the IdP, so this is either a misconfiguration or an attack.
+            5 => return Err(IdTokenError::Encrypted),
+            n => {
+                return Err(IdTokenError::Malformed(format!(
+                    "{n} segments instead of 3"
+                )))
+            }
         }
+        let (header_b64, payload_b64, signature_b64) = (segments[0], segments[1], segments[2]);
+        let header = decode_json_object(header_b64, "header")?;
+        let alg = allowed_algorithm(&header, allowed)?;
+        if let Some(crit) = header.get("crit") {
+            // RFC 7515 §4.1.11: a recipient must reject critical extensions it does not
+            // process; mxidp processes none.
+            let names = crit.as_array().map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            });
+            return Err(IdTokenError::UnsupportedCriticalHeader(
+                names.unwrap_or_default(),
+            ));
+        }
+        // Only `kid` selects a key. `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: a
+        // key or key URL carried by the token itself would let anyone sign tokens mxidp accepts.
+        if header.get("kid").is_some_and(|kid| !kid.is_string()) {
+            return Err(IdTokenError::Malformed("`kid` is not a string".into()));
+        }
+        Ok(Self {
+            header,
+            alg,
+            message: &token[..header_b64.len() + 1 + payload_b64.len()],
+            payload_b64,
+            signature_b64,
+        })
     }
-    let (header_b64, payload_b64, signature_b64) = (segments[0], segments[1], segments[2]);
-    let header = decode_json_object(header_b64, "header")?;
-    let alg = allowed_algorithm(&header, allowed)?;
-    if let Some(crit) = header.get("crit") {
-        // RFC 7515 §4.1.11: a recipient must reject critical extensions it does not process;
-        // mxidp processes none.
-        let names = crit.as_array().map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        });
-        return Err(IdTokenError::UnsupportedCriticalHeader(
-            names.unwrap_or_default(),
-        ));
+
+    pub(crate) fn kid(&self) -> Option<&str> {
+        self.header.get("kid").and_then(Value::as_str)
     }
-    // Only `kid` selects a key. `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: a key or
-    // key URL carried by the token itself would let anyone sign tokens mxidp accepts.
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(IdTokenError::Malformed("`kid` is not a string".into())),
-    };
-    let key = jwks.key_for(kid, alg).await?;
-    let message = &token[..header_b64.len() + 1 + payload_b64.len()];
-    match jsonwebtoken::crypto::verify(signature_b64, message.as_bytes(), &key.key, alg) {
-        Ok(true) => {}
-        Ok(false) | Err(_) => return Err(IdTokenError::BadSignature),
+
+    /// The payload, decoded but not yet trusted: only for choosing which issuer's keys verify
+    /// the token (its `iss`), never for a decision.
+    pub(crate) fn untrusted_claims(&self) -> Result<Map<String, Value>, IdTokenError> {
+        decode_json_object(self.payload_b64, "payload")
     }
-    let claims = decode_json_object(payload_b64, "payload")?;
-    Ok(VerifiedJws { header, claims })
+
+    /// Verifies the signature on the exact bytes received, then decodes the claims.
+    pub(crate) fn verify(self, key: &DecodingKey) -> Result<VerifiedJws, IdTokenError> {
+        match jsonwebtoken::crypto::verify(
+            self.signature_b64,
+            self.message.as_bytes(),
+            key,
+            self.alg,
+        ) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Err(IdTokenError::BadSignature),
+        }
+        let claims = decode_json_object(self.payload_b64, "payload")?;
+        Ok(VerifiedJws {
+            header: self.header,
+            claims,
+        })
+    }
 }
 
 fn allowed_algorithm(

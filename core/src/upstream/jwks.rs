@@ -116,6 +116,9 @@ struct Inner {
     /// Held for the whole of a fetch: concurrent misses wait here and share one fetch.
     /// The value is when the last fetch (successful or not) started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When [`JwksCache::key_now`] last started a background fetch: a flood of tokens with
+    /// made-up `kid`s starts at most one per cooldown.
+    background: std::sync::Mutex<Option<Instant>>,
 }
 
 impl JwksCache {
@@ -134,6 +137,7 @@ impl JwksCache {
                 refresh_every: DEFAULT_REFRESH,
                 keys: RwLock::new(KeySet::default()),
                 fetch: tokio::sync::Mutex::new(None),
+                background: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -182,6 +186,58 @@ impl JwksCache {
         select(&self.read().keys, kid, alg).ok_or_else(|| IdTokenError::UnknownKey {
             kid: kid.map(str::to_owned),
         })
+    }
+
+    /// The key for `kid` and `alg` from the set held now, without waiting: for the JWT shim,
+    /// whose introspection answer never waits on the network. A miss, or a set due for its
+    /// scheduled refresh, starts one fetch in the background (at most one per cooldown), so a
+    /// key the IdP has just published verifies a moment later.
+    pub fn key_now(&self, kid: Option<&str>, alg: Algorithm) -> Option<VerificationKey> {
+        let (found, generation, stale) = {
+            let set = self.read();
+            let stale = set.is_stale(Instant::now());
+            (select(&set.keys, kid, alg), set.generation, stale)
+        };
+        if stale || found.is_none() {
+            self.refresh_in_background(generation, stale);
+        }
+        found
+    }
+
+    fn refresh_in_background(&self, generation: u64, stale: bool) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut last = self
+                .inner
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.inner.cooldown) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let cache = self.clone();
+        runtime.spawn(async move {
+            if stale {
+                cache.refresh_stale().await;
+            } else {
+                // Errors are logged by `refresh`; the last good set stays.
+                let _ = cache.refresh(generation).await;
+            }
+        });
+    }
+
+    /// Fetches the set now unless it was fetched already (at start, so that the first token
+    /// needs no fetch). Fails only when there are no keys at all.
+    pub async fn load(&self) -> Result<(), IdTokenError> {
+        let generation = self.read().generation;
+        if generation > 0 {
+            return Ok(());
+        }
+        self.refresh(generation).await
     }
 
     /// The scheduled refresh: one fetch for all waiters; on failure the last good set stays and

@@ -19,7 +19,7 @@ pub mod test_idp;
 
 pub use client::{TokenIntrospection, Upstream};
 pub use discovery::ProviderMetadata;
-pub(crate) use id_token::{string_claim, time_claim, verify_jws};
+pub(crate) use id_token::{string_claim, time_claim, verify_jws, ParsedJws};
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use jwks::{JwksCache, VerificationKey};
 

@@ -1,0 +1,251 @@
+//! `[jwt_shim]`: which issuers' JWT access tokens introspection accepts, and how their
+//! service accounts map to Matrix users (docs/jwt-shim.md).
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::Problem;
+use crate::ids::{DeviceId, Localpart};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShimConfig {
+    /// Off by default: only the tokens mxidp issued are active until an operator names the
+    /// issuers and audiences to trust.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Verdicts kept in memory (by token hash, until the token expires).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// How often the service accounts are provisioned again in the homeserver.
+    #[serde(default = "default_recheck")]
+    pub recheck_seconds: u64,
+    /// How long the first sight of a user token may wait for the homeserver to create its
+    /// device.
+    #[serde(default = "default_provision_timeout")]
+    pub device_timeout_ms: u64,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cache_entries: default_cache_entries(),
+            recheck_seconds: default_recheck(),
+            device_timeout_ms: default_provision_timeout(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` (trailing slash included). Unset: the upstream IdP's issuer.
+    #[serde(default)]
+    pub issuer: Option<Url>,
+    /// Unset: the `jwks_uri` of the issuer's discovery document (the upstream's own keys for
+    /// the upstream issuer).
+    #[serde(default)]
+    pub jwks_uri: Option<Url>,
+    /// The token's `aud` must name one of these. Required: a token minted for another API is
+    /// never accepted here.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Asymmetric algorithms only.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tokens valid for longer than this (`exp - iat`) are refused.
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_seconds: u64,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Accept tokens without a `typ` header (Okta's). `at+jwt` (RFC 9068) and `JWT` are always
+    /// accepted; the audience is what keeps ID tokens out.
+    #[serde(default = "default_true")]
+    pub accept_untyped: bool,
+    /// Accept users' own tokens that carry the Matrix scopes (an IdP that issues
+    /// `urn:matrix:client:api:*` and a device scope). Only for the upstream issuer, whose
+    /// subjects mxidp has linked to Matrix users.
+    #[serde(default)]
+    pub user_tokens: bool,
+    /// Whether a user token's `urn:synapse:admin:*` scope is passed on.
+    #[serde(default)]
+    pub user_admin_scope: bool,
+    #[serde(default)]
+    pub service_accounts: Vec<ServiceAccountConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountConfig {
+    /// The OAuth client the IdP issued the token to (`azp`, `client_id`, `cid`, or Auth0's
+    /// `sub` before `@clients`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Or the token's `sub` (a ZITADEL machine user's id).
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub localpart: String,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Unset: derived from the issuer and the client, stable across restarts.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// `false` turns the account's tokens inactive and removes its device.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Take over a homeserver user that exists already and mxidp did not create (a bot
+    /// registered before mxidp).
+    #[serde(default)]
+    pub adopt_existing_user: bool,
+}
+
+impl ServiceAccountConfig {
+    /// What matches this account, for messages: `client_id "x"` or `subject "y"`.
+    pub fn describe(&self) -> String {
+        match (&self.client_id, &self.subject) {
+            (Some(c), _) => format!("client_id {c:?}"),
+            (None, Some(s)) => format!("subject {s:?}"),
+            (None, None) => "an unnamed account".into(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_recheck() -> u64 {
+    3_600
+}
+fn default_provision_timeout() -> u64 {
+    3_000
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+fn default_max_lifetime() -> u64 {
+    86_400
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+impl ShimConfig {
+    /// Every problem of `[jwt_shim]`, each with its key path.
+    pub fn check(&self, upstream_issuer: &Url, problems: &mut Vec<Problem>) {
+        if !self.enabled {
+            return;
+        }
+        let mut push = |key: String, message: String| problems.push(Problem { key, message });
+        if self.issuers.is_empty() {
+            push(
+                "jwt_shim.issuers".into(),
+                "is empty: name at least one issuer (an entry without `issuer` means the upstream IdP)".into(),
+            );
+        }
+        if self.cache_entries == 0 {
+            push("jwt_shim.cache_entries".into(), "must be at least 1".into());
+        }
+        let mut seen_issuers = Vec::new();
+        let mut localparts: Vec<&str> = Vec::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("jwt_shim.issuers[{i}].{field}");
+            let iss = issuer.issuer.as_ref().unwrap_or(upstream_issuer).as_str();
+            if seen_issuers.contains(&iss) {
+                push(key("issuer"), format!("{iss:?} is listed twice"));
+            }
+            seen_issuers.push(iss);
+            if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
+                push(
+                    key("audiences"),
+                    "is required: the API audience the IdP puts in these tokens' `aud`".into(),
+                );
+            }
+            if issuer.algorithms.is_empty() {
+                push(key("algorithms"), "must name at least one algorithm".into());
+            }
+            for alg in &issuer.algorithms {
+                if parse_algorithm(alg).is_none() {
+                    push(
+                        key("algorithms"),
+                        format!("{alg:?} is unknown or symmetric (only RS*, PS*, ES256, ES384 and EdDSA)"),
+                    );
+                }
+            }
+            if issuer.max_lifetime_seconds == 0 {
+                push(key("max_lifetime_seconds"), "must be at least 1".into());
+            }
+            if issuer.user_tokens && issuer.issuer.as_ref().is_some_and(|u| u != upstream_issuer) {
+                push(
+                    key("user_tokens"),
+                    "only the upstream issuer's users are linked to Matrix users".into(),
+                );
+            }
+            if issuer.jwks_uri.as_ref().is_some_and(|u| u.scheme() != "https" && !is_loopback(u)) {
+                push(key("jwks_uri"), "must be https (or a loopback address)".into());
+            }
+            for (j, account) in issuer.service_accounts.iter().enumerate() {
+                let key = |field: &str| format!("jwt_shim.issuers[{i}].service_accounts[{j}].{field}");
+                let names = [&account.client_id, &account.subject];
+                if names.iter().all(|n| n.as_deref().is_none_or(str::is_empty)) {
+                    push(key("client_id"), "set `client_id` or `subject`".into());
+                }
+                if names.iter().all(|n| n.as_deref().is_some_and(|n| !n.is_empty())) {
+                    push(key("subject"), "set `client_id` or `subject`, not both".into());
+                }
+                match Localpart::parse(&account.localpart) {
+                    Err(e) => push(key("localpart"), e.to_string()),
+                    Ok(_) if localparts.contains(&account.localpart.as_str()) => {
+                        push(key("localpart"), format!("{:?} is used by two service accounts", account.localpart))
+                    }
+                    Ok(_) => localparts.push(&account.localpart),
+                }
+                if let Some(device) = &account.device_id {
+                    if let Err(e) = DeviceId::parse(device) {
+                        push(key("device_id"), e.to_string());
+                    }
+                }
+            }
+            let mut clients: Vec<(&Option<String>, &Option<String>)> = Vec::new();
+            for (j, account) in issuer.service_accounts.iter().enumerate() {
+                let pair = (&account.client_id, &account.subject);
+                if clients.contains(&pair) {
+                    push(
+                        format!("jwt_shim.issuers[{i}].service_accounts[{j}]"),
+                        format!("{} is listed twice", account.describe()),
+                    );
+                }
+                clients.push(pair);
+            }
+        }
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// An allowed algorithm name: asymmetric only (HS* would need a shared secret, and verifying
+/// one with a public key is the classic forgery).
+pub fn parse_algorithm(name: &str) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm::*;
+    let alg: jsonwebtoken::Algorithm = name.parse().ok()?;
+    matches!(
+        alg,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
+    )
+    .then_some(alg)
+}
