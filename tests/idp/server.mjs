@@ -15,7 +15,15 @@
 //   "ttl"?: { "AccessToken": 3600, "RefreshToken": 86400, ... },   // seconds
 //   "conformIdTokenClaims"?: false,     // false (default): profile/email claims also in the ID token
 //   "jwks"?: { "keys": [...] },          // default: a fresh RS256 key generated at start
-//   "rotateRefreshToken"?: true          // default true (new refresh token on every refresh)
+//   "rotateRefreshToken"?: true,         // default true (new refresh token on every refresh)
+//   "extraClients"?: [ ...clients ],     // appended to "clients" (e.g. a client-credentials bot:
+//                                        //   "grant_types": ["client_credentials"],
+//                                        //   "response_types": [], "redirect_uris": [])
+//   "resourceServers"?: { "<resource indicator>": { "scope": "a b", "accessTokenTTL"?: 600 } }
+//                                        // RFC 8707 resource indicators: an access token
+//                                        // requested with `resource=<indicator>` is an RFC 9068
+//                                        // JWT (typ at+jwt, RS256) with that audience; the
+//                                        // client_credentials grant is on for clients listing it
 // }
 //
 // Headless login (no devInteractions, no JavaScript):
@@ -43,7 +51,7 @@ import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function loadConfig() {
   const arg = process.argv[2] ?? process.env.MXIDP_TEST_IDP_CONFIG;
@@ -105,7 +113,9 @@ function generateJwks() {
 
 // ---- provider ---------------------------------------------------------------------------------
 
-const clients = (config.clients ?? []).map((c) => ({
+const resourceServers = config.resourceServers ?? {};
+
+const clients = [...(config.clients ?? []), ...(config.extraClients ?? [])].map((c) => ({
   grant_types: ['authorization_code', 'refresh_token'],
   response_types: ['code'],
   ...c,
@@ -144,6 +154,24 @@ const provider = new Provider(issuer, {
     revocation: { enabled: true },
     userinfo: { enabled: true },
     backchannelLogout: { enabled: true },
+    clientCredentials: { enabled: true },
+    // Only with configured resource servers: without them, access tokens stay opaque as before.
+    resourceIndicators: {
+      enabled: Object.keys(resourceServers).length > 0,
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resource) => {
+        const server = resourceServers[resource];
+        if (!server) throw new errors.InvalidTarget();
+        return {
+          scope: server.scope,
+          audience: resource,
+          accessTokenTTL: server.accessTokenTTL ?? 600,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
     rpInitiatedLogout: {
       enabled: true,
       // Keep the default confirmation form (hidden `xsrf`, button `logout=yes`); only drop the

@@ -96,3 +96,21 @@ pub fn query_param(url: &url::Url, name: &str) -> Option<String> {
                 .map(|(_, v)| v.into_owned())
         })
 }
+
+/// Every audit record of an in-process mxidp, as `(action, the rest of the record as text)`.
+pub async fn audit_actions(app: &mxidp_core::app::App) -> Vec<(String, String)> {
+    use mxidp_core::audit::AuditStore as _;
+    app.store
+        .audit_records(0, None, 10_000)
+        .await
+        .expect("read the audit log")
+        .into_iter()
+        .map(|r| {
+            let rest = format!(
+                "{} {} {} {} {} {}",
+                r.actor, r.target, r.source, r.outcome, r.correlation_id, r.details
+            );
+            (r.action, rest)
+        })
+        .collect()
+}

@@ -18,7 +18,13 @@ pub async fn ready(State(app): State<App>) -> impl IntoResponse {
     // Not a readiness condition: mxidp's own tokens work without the shim's accounts.
     let shim = app.jwt_shim.as_ref().map(|shim| {
         let (ready, configured) = shim.accounts_ready();
-        json!({ "service_accounts_ready": ready, "service_accounts": configured })
+        let (keys, issuers) = shim.issuers_ready(&app);
+        json!({
+            "issuers_with_keys": keys,
+            "issuers": issuers,
+            "service_accounts_ready": ready,
+            "service_accounts": configured,
+        })
     });
     let status = if store && upstream {
         StatusCode::OK

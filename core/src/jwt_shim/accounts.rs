@@ -33,8 +33,8 @@ pub(super) fn derived_device_id(issuer: &str, account: &str) -> DeviceId {
     DeviceId::parse(&id).expect("ten characters of the scope alphabet")
 }
 
-/// How long to wait before trying again an account that could not be provisioned.
-const RETRY: Duration = Duration::from_secs(5);
+/// How long to wait before trying again keys or an account that could not be loaded.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// Loads the other issuers' keys and provisions the service accounts, then keeps them so.
 /// `None` when the shim is off.
@@ -69,6 +69,16 @@ impl JwtShim {
         (ready, total)
     }
 
+    /// Issuers whose keys are loaded, and all issuers.
+    pub fn issuers_ready(&self, app: &AppState) -> (usize, usize) {
+        let ready = self
+            .issuers
+            .iter()
+            .filter(|i| i.keys(app).is_some_and(|k| !k.is_empty()))
+            .count();
+        (ready, self.issuers.len())
+    }
+
     fn accounts(&self) -> impl Iterator<Item = (&Issuer, &ServiceAccount)> {
         self.issuers
             .iter()
@@ -83,7 +93,7 @@ impl JwtShim {
                 if keys.is_empty() {
                     // Loaded once up front, so that the first token needs no fetch.
                     if let Err(e) = keys.load().await {
-                        tracing::warn!(issuer = %issuer.issuer, error = %e, "JWT shim: the issuer's keys could not be fetched");
+                        tracing::warn!(issuer = %issuer.name(), error = %e, "JWT shim: the issuer's keys could not be fetched");
                         all = false;
                     }
                 }
@@ -98,13 +108,13 @@ impl JwtShim {
                 Ok(uri) => {
                     let cache = self.key_cache(uri);
                     if let Err(e) = cache.load().await {
-                        tracing::warn!(issuer = %issuer.issuer, error = %e, "JWT shim: the issuer's keys could not be fetched");
+                        tracing::warn!(issuer = %issuer.name(), error = %e, "JWT shim: the issuer's keys could not be fetched");
                         all = false;
                     }
                     *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(cache);
                 }
                 Err(e) => {
-                    tracing::warn!(issuer = %issuer.issuer, error = %e, "JWT shim: the issuer's discovery failed");
+                    tracing::warn!(issuer = %issuer.name(), error = %e, "JWT shim: the issuer's discovery failed");
                     all = false;
                 }
             }
@@ -169,7 +179,9 @@ impl Issuer {
         if let Some(uri) = &self.jwks_uri {
             return Ok(uri.clone());
         }
-        let base = self.issuer.trim_end_matches('/');
+        // Only issuers other than the upstream are discovered here.
+        let issuer = self.issuer.as_deref().ok_or("the upstream's keys come with its discovery")?;
+        let base = issuer.trim_end_matches('/');
         let url = format!("{base}/.well-known/openid-configuration");
         let response = t
             .client
@@ -183,7 +195,7 @@ impl Issuer {
         }
         let document: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
         // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
-        if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+        if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
             return Err(format!("{url} names another issuer"));
         }
         let uri = document
@@ -343,7 +355,7 @@ async fn provision(
             outcome: "ok".into(),
             correlation_id: session.id.to_string(),
             details: json!({
-                "issuer": issuer.issuer,
+                "issuer": issuer.name(),
                 "account": account.describe(),
                 "device_id": account.device.as_str(),
                 "admin": account.admin,
@@ -395,7 +407,7 @@ pub(super) async fn audit_first_use(
             outcome: "ok".into(),
             correlation_id: text("jti").to_owned(),
             details: json!({
-                "issuer": issuer.issuer,
+                "issuer": issuer.name(),
                 "subject": text("sub"),
                 "jti": text("jti"),
                 "iat": claims.get("iat"),

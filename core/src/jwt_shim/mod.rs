@@ -57,7 +57,8 @@ struct ShimHttp {
 
 /// One trusted issuer, its keys and its mapping rules.
 struct Issuer {
-    issuer: String,
+    /// The exact `iss`; `None`: the upstream's, as discovered.
+    issuer: Option<String>,
     /// The upstream IdP: its keys are the upstream's, its users are mxidp's users.
     is_upstream: bool,
     /// Where service-account identities and sessions of this issuer are kept, apart from the
@@ -145,19 +146,22 @@ impl JwtShim {
             .issuers
             .iter()
             .map(|c| {
-                let url = c.issuer.as_ref().unwrap_or(upstream);
+                let is_upstream = c
+                    .issuer
+                    .as_deref()
+                    .is_none_or(|i| settings::same_issuer(i, upstream));
+                let url = c.issuer.clone().unwrap_or_else(|| upstream.to_string());
                 let mut types = vec![Some("at+jwt"), Some("jwt")];
                 if c.accept_untyped {
                     types.push(None);
                 }
-                let namespace = url.as_str();
-                let namespace = namespace
+                let namespace = url
                     .split_once("://")
-                    .map_or(namespace, |(_, rest)| rest)
+                    .map_or(url.as_str(), |(_, rest)| rest)
                     .trim_end_matches('/');
                 Issuer {
-                    issuer: url.to_string(),
-                    is_upstream: url == upstream,
+                    issuer: c.issuer.clone(),
+                    is_upstream,
                     namespace: format!("jwt-client:{namespace}"),
                     jwks_uri: c.jwks_uri.clone(),
                     keys: RwLock::new(None),
@@ -184,10 +188,7 @@ impl JwtShim {
                             display_name: a.display_name.clone(),
                             device: match &a.device_id {
                                 Some(d) => DeviceId::parse(d).expect("checked by Config::check"),
-                                None => accounts::derived_device_id(
-                                    url.as_str(),
-                                    &a.describe(),
-                                ),
+                                None => accounts::derived_device_id(namespace, &a.describe()),
                             },
                             enabled: a.enabled,
                             adopt_existing_user: a.adopt_existing_user,
@@ -363,7 +364,13 @@ impl JwtShim {
             .untrusted_claims()
             .map_err(|e| TokenError::from(e).to_string())?;
         let iss = untrusted.get("iss").and_then(Value::as_str).unwrap_or("");
-        let Some(index) = self.issuers.iter().position(|i| i.issuer == iss) else {
+        let upstream = app.upstream.get();
+        let upstream_issuer = upstream.as_ref().map(|u| u.metadata().issuer.as_str());
+        let Some(index) = self
+            .issuers
+            .iter()
+            .position(|i| i.issuer.as_deref().or(upstream_issuer) == Some(iss))
+        else {
             return Err(format!("issuer {iss:?} is not trusted"));
         };
         let issuer = &self.issuers[index];
@@ -379,7 +386,7 @@ impl JwtShim {
             .map_err(|e| TokenError::from(e).to_string())?;
         let rules = JwtRules {
             types: &issuer.types,
-            issuer: &issuer.issuer,
+            issuer: iss,
             audiences: &issuer.audiences,
             require_jti: false,
             authorized_party: None,
@@ -409,6 +416,11 @@ impl JwtShim {
 }
 
 impl Issuer {
+    /// For logs and audit records.
+    fn name(&self) -> &str {
+        self.issuer.as_deref().unwrap_or("the upstream issuer")
+    }
+
     /// The keys that verify this issuer's tokens: the upstream's once discovered, else the
     /// issuer's own once known.
     fn keys(&self, app: &AppState) -> Option<JwksCache> {

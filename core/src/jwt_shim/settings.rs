@@ -43,9 +43,10 @@ impl Default for ShimConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
-    /// The exact `iss` (trailing slash included). Unset: the upstream IdP's issuer.
+    /// The exact `iss`, byte for byte (a trailing slash matters: Auth0 has one, ZITADEL
+    /// not). Unset: the upstream IdP's issuer as its discovery document gives it.
     #[serde(default)]
-    pub issuer: Option<Url>,
+    pub issuer: Option<String>,
     /// Unset: the `jwks_uri` of the issuer's discovery document (the upstream's own keys for
     /// the upstream issuer).
     #[serde(default)]
@@ -158,9 +159,16 @@ impl ShimConfig {
         let mut localparts: Vec<&str> = Vec::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
             let key = |field: &str| format!("jwt_shim.issuers[{i}].{field}");
-            let iss = issuer.issuer.as_ref().unwrap_or(upstream_issuer).as_str();
+            let iss = issuer.issuer.as_deref();
+            if let Some(iss) = iss {
+                match Url::parse(iss) {
+                    Ok(url) if url.scheme() == "https" || is_loopback(&url) => {}
+                    Ok(_) => push(key("issuer"), "must be https (or a loopback address)".into()),
+                    Err(e) => push(key("issuer"), format!("is not a URL: {e}")),
+                }
+            }
             if seen_issuers.contains(&iss) {
-                push(key("issuer"), format!("{iss:?} is listed twice"));
+                push(key("issuer"), format!("{} is listed twice", iss.unwrap_or("the upstream issuer")));
             }
             seen_issuers.push(iss);
             if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
@@ -183,7 +191,7 @@ impl ShimConfig {
             if issuer.max_lifetime_seconds == 0 {
                 push(key("max_lifetime_seconds"), "must be at least 1".into());
             }
-            if issuer.user_tokens && issuer.issuer.as_ref().is_some_and(|u| u != upstream_issuer) {
+            if issuer.user_tokens && issuer.issuer.as_deref().is_some_and(|u| !same_issuer(u, upstream_issuer)) {
                 push(
                     key("user_tokens"),
                     "only the upstream issuer's users are linked to Matrix users".into(),
@@ -227,6 +235,12 @@ impl ShimConfig {
             }
         }
     }
+}
+
+/// Whether a configured issuer is the upstream's (`upstream.issuer` is parsed, which adds a
+/// slash to a bare origin).
+pub fn same_issuer(issuer: &str, upstream: &Url) -> bool {
+    issuer.trim_end_matches('/') == upstream.as_str().trim_end_matches('/')
 }
 
 fn is_loopback(url: &Url) -> bool {
