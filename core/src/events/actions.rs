@@ -238,7 +238,11 @@ impl Action<'_> {
     /// The IdP's own JWTs of the subject issued up to the event are refused from now on (the
     /// JWT shim), and none at all while `disabled`. First, so that a failure later in the
     /// action leaves no window.
-    async fn restrict_jwts(&self, subject: &str, disabled: Option<bool>) -> Result<(), ActionError> {
+    async fn restrict_jwts(
+        &self,
+        subject: &str,
+        disabled: Option<bool>,
+    ) -> Result<(), ActionError> {
         // The IdP's time of the event, on the clock its tokens' `iat` use; never in the future.
         let not_before = self.event.occurred_at.min(self.now);
         self.app

@@ -86,7 +86,7 @@ impl JwtShim {
     }
 
     /// Fetches the keys of every issuer that has none yet; true when all have keys.
-    async fn load_keys(&self, app: &AppState) -> bool {
+    pub(super) async fn load_keys(&self, app: &AppState) -> bool {
         let mut all = true;
         for issuer in &self.issuers {
             if let Some(keys) = issuer.keys(app) {
@@ -122,14 +122,14 @@ impl JwtShim {
         all
     }
 
-    fn key_cache(&self, uri: url::Url) -> crate::upstream::JwksCache {
+    pub(super) fn key_cache(&self, uri: url::Url) -> crate::upstream::JwksCache {
         let t = &self.http;
         crate::upstream::JwksCache::new(t.client.clone(), uri, t.timeout, t.jwks_cooldown)
             .with_refresh_every(t.jwks_refresh)
     }
 
     /// One round over the service accounts; true when every enabled one is ready.
-    async fn provision_accounts(&self, app: &AppState) -> bool {
+    pub(super) async fn provision_accounts(&self, app: &AppState) -> bool {
         let mut all = true;
         for (issuer, account) in self.accounts() {
             if !account.enabled {
@@ -180,7 +180,10 @@ impl Issuer {
             return Ok(uri.clone());
         }
         // Only issuers other than the upstream are discovered here.
-        let issuer = self.issuer.as_deref().ok_or("the upstream's keys come with its discovery")?;
+        let issuer = self
+            .issuer
+            .as_deref()
+            .ok_or("the upstream's keys come with its discovery")?;
         let base = issuer.trim_end_matches('/');
         let url = format!("{base}/.well-known/openid-configuration");
         let response = t
@@ -314,8 +317,8 @@ async fn provision(
             current = Some(session.id.to_string());
         } else {
             // The configured device changed: the old one goes.
-            let _ = crate::sessions::end_session(app, &session, EndCause::ServiceAccountDisabled)
-                .await;
+            let _ =
+                crate::sessions::end_session(app, &session, EndCause::ServiceAccountDisabled).await;
         }
     }
     if let Some(id) = current {
@@ -450,8 +453,7 @@ pub(super) async fn user_token(
     }
     if !app.subject_tokens.allows(token.subject, token.issued_at) {
         return Ok(Err(
-            "the user is disabled, or the token was issued before their sessions were ended"
-                .into(),
+            "the user is disabled, or the token was issued before their sessions were ended".into(),
         ));
     }
     let client_id = format!("{SESSION_CLIENT_PREFIX}{}", token.client);
@@ -463,7 +465,7 @@ pub(super) async fn user_token(
         Some(s) if s.state == SessionState::Active => s.id.to_string(),
         Some(s) if s.ended_at.is_some_and(|ended| ended >= token.issued_at) => {
             return Ok(Err(
-                "the device's session ended after the token was issued".into(),
+                "the device's session ended after the token was issued".into()
             ))
         }
         _ => create_device(app, shim, &identity, &client_id, &token).await?,

@@ -86,10 +86,7 @@ mod tests {
 
     #[test]
     fn scopes_are_read_from_a_string_or_an_array() {
-        assert_eq!(
-            scopes(&claims(json!({"scope": "a  b"}))),
-            vec!["a", "b"]
-        );
+        assert_eq!(scopes(&claims(json!({"scope": "a  b"}))), vec!["a", "b"]);
         assert_eq!(scopes(&claims(json!({"scp": ["x", "y"]}))), vec!["x", "y"]);
         assert!(scopes(&claims(json!({"scope": 3}))).is_empty());
     }

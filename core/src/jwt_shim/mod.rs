@@ -13,6 +13,8 @@ mod accounts;
 mod claims;
 pub mod settings;
 mod subjects;
+#[cfg(test)]
+mod tests;
 mod verdicts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,7 +230,9 @@ impl JwtShim {
     ) -> Result<Option<Arc<ActiveToken>>, ShimError> {
         let hash = TokenHash::of(token);
         if let Some(verdict) = self.verdicts.get(&hash, now) {
-            return Ok(self.still_active(app, &verdict).then(|| verdict.active.clone()));
+            return Ok(self
+                .still_active(app, &verdict)
+                .then(|| verdict.active.clone()));
         }
         match self.first_sight(app, token, now).await? {
             Ok(verdict) => {
@@ -357,8 +361,7 @@ impl JwtShim {
             Algorithm::ES384,
             Algorithm::EdDSA,
         ];
-        let parsed =
-            ParsedJws::parse(token, ANY).map_err(|e| TokenError::from(e).to_string())?;
+        let parsed = ParsedJws::parse(token, ANY).map_err(|e| TokenError::from(e).to_string())?;
         // The unverified `iss` only picks whose keys to try; the verified one is checked again.
         let untrusted = parsed
             .untrusted_claims()
@@ -375,9 +378,14 @@ impl JwtShim {
         };
         let issuer = &self.issuers[index];
         if !issuer.algorithms.contains(&parsed.alg) {
-            return Err(format!("algorithm {:?} is not allowed for {iss}", parsed.alg));
+            return Err(format!(
+                "algorithm {:?} is not allowed for {iss}",
+                parsed.alg
+            ));
         }
-        let keys = issuer.keys(app).ok_or("the issuer's keys are not loaded yet")?;
+        let keys = issuer
+            .keys(app)
+            .ok_or("the issuer's keys are not loaded yet")?;
         let key = keys
             .key_now(parsed.kid(), parsed.alg)
             .ok_or_else(|| format!("no key of {iss} matches kid {:?}", parsed.kid()))?;

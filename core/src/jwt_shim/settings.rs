@@ -130,7 +130,9 @@ fn default_provision_timeout() -> u64 {
     3_000
 }
 fn default_algorithms() -> Vec<String> {
-    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_max_lifetime() -> u64 {
     86_400
@@ -163,12 +165,18 @@ impl ShimConfig {
             if let Some(iss) = iss {
                 match Url::parse(iss) {
                     Ok(url) if url.scheme() == "https" || is_loopback(&url) => {}
-                    Ok(_) => push(key("issuer"), "must be https (or a loopback address)".into()),
+                    Ok(_) => push(
+                        key("issuer"),
+                        "must be https (or a loopback address)".into(),
+                    ),
                     Err(e) => push(key("issuer"), format!("is not a URL: {e}")),
                 }
             }
             if seen_issuers.contains(&iss) {
-                push(key("issuer"), format!("{} is listed twice", iss.unwrap_or("the upstream issuer")));
+                push(
+                    key("issuer"),
+                    format!("{} is listed twice", iss.unwrap_or("the upstream issuer")),
+                );
             }
             seen_issuers.push(iss);
             if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
@@ -191,29 +199,49 @@ impl ShimConfig {
             if issuer.max_lifetime_seconds == 0 {
                 push(key("max_lifetime_seconds"), "must be at least 1".into());
             }
-            if issuer.user_tokens && issuer.issuer.as_deref().is_some_and(|u| !same_issuer(u, upstream_issuer)) {
+            if issuer.user_tokens
+                && issuer
+                    .issuer
+                    .as_deref()
+                    .is_some_and(|u| !same_issuer(u, upstream_issuer))
+            {
                 push(
                     key("user_tokens"),
                     "only the upstream issuer's users are linked to Matrix users".into(),
                 );
             }
-            if issuer.jwks_uri.as_ref().is_some_and(|u| u.scheme() != "https" && !is_loopback(u)) {
-                push(key("jwks_uri"), "must be https (or a loopback address)".into());
+            if issuer
+                .jwks_uri
+                .as_ref()
+                .is_some_and(|u| u.scheme() != "https" && !is_loopback(u))
+            {
+                push(
+                    key("jwks_uri"),
+                    "must be https (or a loopback address)".into(),
+                );
             }
             for (j, account) in issuer.service_accounts.iter().enumerate() {
-                let key = |field: &str| format!("jwt_shim.issuers[{i}].service_accounts[{j}].{field}");
+                let key =
+                    |field: &str| format!("jwt_shim.issuers[{i}].service_accounts[{j}].{field}");
                 let names = [&account.client_id, &account.subject];
                 if names.iter().all(|n| n.as_deref().is_none_or(str::is_empty)) {
                     push(key("client_id"), "set `client_id` or `subject`".into());
                 }
-                if names.iter().all(|n| n.as_deref().is_some_and(|n| !n.is_empty())) {
-                    push(key("subject"), "set `client_id` or `subject`, not both".into());
+                if names
+                    .iter()
+                    .all(|n| n.as_deref().is_some_and(|n| !n.is_empty()))
+                {
+                    push(
+                        key("subject"),
+                        "set `client_id` or `subject`, not both".into(),
+                    );
                 }
                 match Localpart::parse(&account.localpart) {
                     Err(e) => push(key("localpart"), e.to_string()),
-                    Ok(_) if localparts.contains(&account.localpart.as_str()) => {
-                        push(key("localpart"), format!("{:?} is used by two service accounts", account.localpart))
-                    }
+                    Ok(_) if localparts.contains(&account.localpart.as_str()) => push(
+                        key("localpart"),
+                        format!("{:?} is used by two service accounts", account.localpart),
+                    ),
                     Ok(_) => localparts.push(&account.localpart),
                 }
                 if let Some(device) = &account.device_id {
@@ -262,4 +290,111 @@ pub fn parse_algorithm(name: &str) -> Option<jsonwebtoken::Algorithm> {
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
     )
     .then_some(alg)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(shim: &str) -> Vec<String> {
+        let toml = format!(
+            r#"
+[http]
+public_base = "https://mxidp.example.org/"
+[database]
+encryption_key = "test-encryption-key-0123456789abcdef"
+[matrix]
+homeserver = "example.org"
+endpoint = "http://127.0.0.1:8008/"
+secret = "a-shared-secret-0123456789abcdef0123"
+[upstream]
+issuer = "https://idp.example.org/"
+client_id = "mxidp"
+client_secret = "s3cret"
+{shim}
+"#
+        );
+        Config::from_toml_str(&toml)
+            .unwrap()
+            .check()
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_good_configuration_has_no_problem_and_off_is_not_checked() {
+        assert_eq!(
+            problems(
+                r#"
+[jwt_shim]
+enabled = true
+[[jwt_shim.issuers]]
+audiences = ["https://matrix.example.org/api"]
+user_tokens = true
+[[jwt_shim.issuers.service_accounts]]
+client_id = "bot"
+localpart = "bot"
+[[jwt_shim.issuers]]
+issuer = "https://tenant.example.com/"
+audiences = ["matrix"]
+[[jwt_shim.issuers.service_accounts]]
+subject = "2874529873"
+localpart = "zitadel-bot"
+device_id = "ZITADELBOT"
+"#
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems("[jwt_shim]\nenabled = false\n[[jwt_shim.issuers]]\n"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn every_unsafe_or_ambiguous_setting_is_named() {
+        let found = problems(
+            r#"
+[jwt_shim]
+enabled = true
+[[jwt_shim.issuers]]
+algorithms = ["HS256", "RS256"]
+max_lifetime_seconds = 0
+[[jwt_shim.issuers.service_accounts]]
+localpart = "Bad Name"
+[[jwt_shim.issuers.service_accounts]]
+client_id = "a"
+subject = "b"
+localpart = "bot"
+device_id = "short"
+[[jwt_shim.issuers]]
+issuer = "http://tenant.example.com/"
+audiences = ["matrix"]
+user_tokens = true
+[[jwt_shim.issuers.service_accounts]]
+client_id = "c"
+localpart = "bot"
+"#,
+        );
+        let expect = [
+            "jwt_shim.issuers[0].audiences: is required",
+            "jwt_shim.issuers[0].algorithms: \"HS256\" is unknown or symmetric",
+            "jwt_shim.issuers[0].max_lifetime_seconds",
+            "jwt_shim.issuers[0].service_accounts[0].client_id: set `client_id` or `subject`",
+            "jwt_shim.issuers[0].service_accounts[0].localpart",
+            "jwt_shim.issuers[0].service_accounts[1].subject: set `client_id` or `subject`, not both",
+            "jwt_shim.issuers[0].service_accounts[1].device_id",
+            "jwt_shim.issuers[1].issuer: must be https",
+            "jwt_shim.issuers[1].user_tokens: only the upstream issuer",
+            "jwt_shim.issuers[1].service_accounts[0].localpart: \"bot\" is used by two service accounts",
+        ];
+        for e in expect {
+            assert!(
+                found.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
 }
