@@ -1,6 +1,6 @@
 //! The IdP's signing keys (RFC 7517 JWK Set at `jwks_uri`), cached.
 //!
-//! docs/token-model.md (JWT shim): keys are looked up by `kid`; an unknown `kid` triggers a refetch (the IdP may
+//! docs/jwt-shim.md: keys are looked up by `kid`; an unknown `kid` triggers a refetch (the IdP may
 //! have rotated its keys), but at most once per cooldown and single-flight, so a flood of
 //! tokens with made-up `kid`s cannot turn mxidp into an amplifier against the IdP. A failed
 //! fetch keeps the last good set: an IdP hiccup must not log everybody out. Keys are only ever
