@@ -267,6 +267,77 @@ async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// An app with the JWT shim on, trusting a test IdP, with one service account `bench-bot`
+/// provisioned, and `pool` distinct RS256 access tokens of that bot (minted up front: signing
+/// is the IdP's cost, not mxidp's). `cache_entries` bounds the verdicts kept.
+async fn shim_app(
+    pool: usize,
+    cache_entries: usize,
+) -> (App, mxidp_core::upstream::test_idp::TestIdp, Tokens) {
+    use mxidp_core::upstream::test_idp::{TestIdp, TestKey};
+    let idp = TestIdp::start().await;
+    let toml = format!(
+        r#"
+[http]
+public_base = "https://auth.example.org/"
+[database]
+encryption_key = "0123456789abcdef0123456789abcdef"
+[matrix]
+homeserver = "example.org"
+endpoint = "http://synapse:8008/"
+secret = "{SECRET}"
+[upstream]
+issuer = "{issuer}"
+client_id = "mxidp"
+client_secret = "s3cret"
+[jwt_shim]
+enabled = true
+cache_entries = {cache_entries}
+[[jwt_shim.issuers]]
+audiences = ["https://matrix.example.org/api"]
+[[jwt_shim.issuers.service_accounts]]
+client_id = "bench-bot"
+localpart = "bench-bot"
+"#,
+        issuer = idp.issuer()
+    );
+    let config = Config::from_toml_str(&toml).expect("shim config");
+    assert_eq!(config.check(), vec![], "shim config problems");
+    let app: App = mxidp_core::server::assemble(
+        &config,
+        Arc::new(SqliteStore::in_memory().await.expect("store")),
+        Arc::new(MemoryHomeserver::new("example.org")),
+        Arc::new(GenericOidc),
+    )
+    .expect("assemble");
+    app.upstream.set(idp.upstream().await);
+    mxidp_core::jwt_shim::spawn_service_accounts(app.clone());
+    let shim = app.jwt_shim.as_ref().expect("shim on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shim.accounts_ready() != (1, 1) || shim.issuers_ready(&app) != (1, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the bench bot was not provisioned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = now_unix();
+    let header = serde_json::json!({"alg": "RS256", "kid": TestKey::Rsa.kid(), "typ": "at+jwt"});
+    let tokens = (0..pool)
+        .map(|i| {
+            idp.mint_id_token(
+                header.clone(),
+                serde_json::json!({
+                    "iss": idp.issuer(), "aud": "https://matrix.example.org/api",
+                    "sub": "bench-bot", "client_id": "bench-bot", "scope": "matrix",
+                    "iat": now, "exp": now + 3_600, "jti": format!("bench-{i}"),
+                }),
+            )
+        })
+        .collect();
+    (app, idp, Tokens::Random(Arc::new(tokens)))
+}
+
 fn print_table(outcomes: &[Outcome]) {
     println!();
     println!("| scenario | requests | req/s | p50 | p99 | max |");
@@ -416,6 +487,37 @@ async fn main() {
     };
     eprintln!("running: {}", foreign.name);
     outcomes.push(run(&foreign, concurrency, seconds).await);
+
+    // The JWT shim (docs/jwt-shim.md): a bot's IdP-issued RS256 JWTs. Cached: a pool of tokens
+    // whose verdicts are kept after their first sight (the warm-up). First sight: the same kind
+    // of pool on an app that keeps one verdict only, so every request verifies the signature
+    // and the claims, maps the client and writes the first-use audit record.
+    let pool: usize = if smoke { 50 } else { 1_000 };
+    let (cached_app, idp, jwts) = shim_app(pool, 10_000).await;
+    let shim = serve(mxidp_core::server::router(cached_app.clone())).await;
+    let (first_sight_app, _idp2, first_sight_jwts) = shim_app(pool, 1).await;
+    let first_sight = serve(mxidp_core::server::router(first_sight_app.clone())).await;
+    let shim_cached = Scenario {
+        name: "JWT shim: cached verdict",
+        addr: shim,
+        path: "/oauth2/introspect",
+        warm_up: jwts.clone(),
+        measure: jwts,
+        expect: "\"active\":true",
+    };
+    eprintln!("running: {}", shim_cached.name);
+    outcomes.push(run(&shim_cached, concurrency, seconds).await);
+    let shim_first = Scenario {
+        name: "JWT shim: first sight (RS256 verified every request)",
+        addr: first_sight,
+        path: "/oauth2/introspect",
+        warm_up: first_sight_jwts.clone(),
+        measure: first_sight_jwts,
+        expect: "\"active\":true",
+    };
+    eprintln!("running: {}", shim_first.name);
+    outcomes.push(run(&shim_first, concurrency, seconds).await);
+    drop(idp);
 
     // The ceiling again, to see how much the machine drifted during the run.
     let static_again = Scenario {
