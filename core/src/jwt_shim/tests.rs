@@ -254,6 +254,8 @@ async fn the_device_id_is_derived_from_the_issuer_and_the_client() {
 async fn refused_tokens_are_inactive_and_provision_nothing() {
     let env = env().await;
     env.link_alice().await;
+    // Where a forged token's `jku` points: it must never be asked for keys.
+    let elsewhere = TestIdp::start().await;
     let now = now_unix();
     let bot = json!({"sub": "ci-bot", "client_id": "ci-bot"});
     let with = |extra: Value| {
@@ -284,7 +286,7 @@ async fn refused_tokens_are_inactive_and_provision_nothing() {
         (
             "unknown kid with a jku pointing elsewhere",
             env.token_with(
-                json!({"kid": "attacker-1", "jku": "http://127.0.0.1:9/jwks.json"}),
+                json!({"kid": "attacker-1", "jku": elsewhere.jwks_uri().as_str(), "x5u": elsewhere.jwks_uri().as_str()}),
                 bot.clone(),
             ),
         ),
@@ -325,6 +327,7 @@ async fn refused_tokens_are_inactive_and_provision_nothing() {
         );
     }
     assert_eq!(env.shim().cached_verdicts(), before, "no verdict kept");
+    assert_eq!(elsewhere.jwks_fetches(), 0, "keys are never taken from a token's header");
     let calls = env.hs.calls();
     assert!(calls.is_empty(), "nothing provisioned, got {calls:?}");
     assert!(env
