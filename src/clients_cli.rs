@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use mxidp_core::audit::{self, AuditEntry};
-use mxidp_core::events::IdpEvent;
+use mxidp_core::events::{Acceptance, EventPipeline, IdpEvent, ReceivedEvent};
 use mxidp_core::ids::now_unix;
 use mxidp_core::sessions::EndCause;
 
@@ -72,21 +72,24 @@ pub async fn run(command: ClientsCommand) -> anyhow::Result<()> {
             let Some(active) = active else {
                 anyhow::bail!("no client {client_id}");
             };
-            // Each active session ends as any other session end: a durable event first.
+            // Each active session ends as any other session end: a durable event first (with
+            // its audit record); the running server's worker applies it.
+            let pipeline = EventPipeline::new(store.clone());
             let mut ended = 0;
             for session in store.active_sessions_of_client(&client_id).await? {
-                let stored = store
-                    .insert_event(
+                let acceptance = pipeline
+                    .accept(
                         EndCause::ClientDeleted.source(),
-                        &session.id,
-                        now,
-                        &IdpEvent::MxidpSessionEnded {
-                            session_id: session.id.to_string(),
+                        ReceivedEvent {
+                            dedupe_key: session.id.to_string(),
+                            occurred_at: now,
+                            event: IdpEvent::MxidpSessionEnded {
+                                session_id: session.id.to_string(),
+                            },
                         },
-                        now,
                     )
                     .await?;
-                ended += u64::from(stored.is_some());
+                ended += u64::from(matches!(acceptance, Acceptance::Stored(_)));
             }
             store.delete_client(&client_id).await?;
             audit::record(

@@ -1,5 +1,6 @@
 //! `mxidp events list | retry | replay` on a real database file, as an operator runs them.
 
+use mxidp_core::audit::AuditEntry;
 use mxidp_core::events::{EventState, EventStore, IdpEvent};
 use mxidp_core::store::SqliteStore;
 
@@ -18,7 +19,14 @@ async fn list_retry_and_replay_work_on_the_store() {
         let store = &store;
         async move {
             store
-                .insert_event("ssf", key, 1_700_000_000, &event, 1_700_000_100)
+                .insert_event(
+                    "ssf",
+                    key,
+                    1_700_000_000,
+                    &event,
+                    1_700_000_100,
+                    &AuditEntry::for_test("event.received"),
+                )
                 .await
                 .unwrap()
                 .unwrap()
@@ -36,6 +44,7 @@ async fn list_retry_and_replay_work_on_the_store() {
             dead,
             "delete_user: the homeserver rejected it",
             1_700_000_200,
+            &AuditEntry::for_test("event.dead"),
         )
         .await
         .unwrap();
@@ -47,7 +56,12 @@ async fn list_retry_and_replay_work_on_the_store() {
     )
     .await;
     store
-        .mark_event_applied(applied, false, 1_700_000_200)
+        .mark_event_applied(
+            applied,
+            false,
+            1_700_000_200,
+            &AuditEntry::for_test("event.applied"),
+        )
         .await
         .unwrap();
     insert(

@@ -93,6 +93,7 @@ async fn an_accepted_event_survives_kill_9_and_runs_exactly_once_after_the_resta
                 sid: "sid-1".into(),
             },
             mxidp_core::ids::now_unix(),
+            &mxidp_core::audit::AuditEntry::for_test("event.received"),
         )
         .await
         .unwrap()

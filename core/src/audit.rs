@@ -57,6 +57,22 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+impl AuditEntry {
+    /// An entry for tests that write store records directly.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn for_test(action: &str) -> Self {
+        Self {
+            actor: "test".into(),
+            action: action.into(),
+            target: String::new(),
+            source: "test".into(),
+            outcome: "ok".into(),
+            correlation_id: String::new(),
+            details: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A record as stored: the entry, where it sits in the chain and when it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {

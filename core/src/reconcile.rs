@@ -380,7 +380,7 @@ client_secret = "unused-here"
             let id = format!("session-{subject}-{created_at}");
             let session = Session {
                 id: id.clone().into(),
-                provider: "generic".into(),
+                provider: self.app.mapping.upstream_id.clone(),
                 subject: subject.into(),
                 localpart: Localpart::parse(subject).unwrap(),
                 device_id: DeviceId::parse(&format!("DEVICE{created_at:0>6}")).unwrap(),

@@ -11,11 +11,11 @@
 //! for every trigger.
 
 use crate::app::AppState;
-use crate::audit::{self, AuditEntry};
+use crate::audit::AuditEntry;
 use crate::events::{Acceptance, IdpEvent, ReceivedEvent};
 use crate::ids::now_unix;
 use crate::store::{Session, SessionState, StoreError};
-use crate::upstream::TokenTypeHint;
+use crate::upstream::{TokenTypeHint, UpstreamError};
 
 /// What made mxidp end a session; each is an event source of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +142,9 @@ pub async fn end_session(
 }
 
 /// Marks the session ended and evicts its tokens from the introspection cache, so that
-/// introspection answers inactive from now on, and records `session.ended`. Returns false when
-/// it had already ended. The homeserver and the IdP are the worker's part.
+/// introspection answers inactive from now on, and records `session.ended` in the same
+/// transaction. Returns false when it had already ended. The homeserver and the IdP are the
+/// worker's part.
 pub async fn end_in_store(
     app: &AppState,
     session: &Session,
@@ -152,61 +153,140 @@ pub async fn end_in_store(
     correlation_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let Some(hashes) = app.store.end_session(&session.id, reason, now).await? else {
+    let record = AuditEntry {
+        actor: "mxidp".into(),
+        action: "session.ended".into(),
+        target: session.id.to_string(),
+        source: source.into(),
+        outcome: "ok".into(),
+        correlation_id: correlation_id.into(),
+        details: serde_json::json!({
+            "reason": reason,
+            "upstream": session.provider,
+            "subject": session.subject,
+            "localpart": session.localpart.as_str(),
+            "device_id": session.device_id.as_str(),
+            "client_id": session.client_id,
+        }),
+    };
+    let Some(hashes) = app
+        .store
+        .end_session(&session.id, reason, now, &record)
+        .await?
+    else {
         return Ok(false);
     };
     app.cache.remove(&hashes);
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, reason, "session ended");
-    audit::record(
-        app.store.as_ref(),
-        AuditEntry {
-            actor: "mxidp".into(),
-            action: "session.ended".into(),
-            target: session.id.to_string(),
-            source: source.into(),
-            outcome: "ok".into(),
-            correlation_id: correlation_id.into(),
-            details: serde_json::json!({
-                "reason": reason,
-                "upstream": session.provider,
-                "subject": session.subject,
-                "localpart": session.localpart.as_str(),
-                "device_id": session.device_id.as_str(),
-                "client_id": session.client_id,
-            }),
-        },
-    )
-    .await;
     Ok(true)
 }
 
-/// Ends an ended session's grant at the IdP, then forgets the sealed IdP tokens. Best effort:
-/// the session is already over for Matrix, and an IdP that cannot be reached only keeps its
-/// own side of the session until it expires there. Idempotent (RFC 7009 §2.2: revoking a
-/// revoked token succeeds), so a retried event may call it again.
-pub async fn revoke_at_idp(app: &AppState, session: &Session) {
+/// How an attempt to revoke an ended session's tokens at the IdP came out.
+enum Revocation {
+    /// Over: revoked, or nothing the IdP can do (no revocation endpoint, a token type it does
+    /// not revoke); the reason is recorded.
+    Done(String),
+    /// Try again later.
+    Retry(String),
+}
+
+/// Revokes an ended session's grant at the IdP: a durable step of ending a session. An ended
+/// session that still holds its sealed IdP tokens is a revocation to do, so a crash anywhere
+/// loses nothing: [`revoke_due`] finds it again. The outcome is recorded with its audit record
+/// (`idp.tokens_revoked`) in one transaction, and the tokens are dropped once it is over.
+/// Idempotent (RFC 7009 §2.2: revoking a revoked token succeeds).
+pub async fn revoke_at_idp(app: &AppState, session: &Session) -> Result<(), StoreError> {
+    // As stored now: the caller's copy may predate the end, or another attempt may have
+    // finished already.
+    let Some(session) = app.store.session(&session.id).await? else {
+        return Ok(());
+    };
+    if session.state == SessionState::Active
+        || (session.sealed_refresh_token.is_none() && session.sealed_access_token.is_none())
+    {
+        return Ok(());
+    }
+    let session = &session;
+    let now = now_unix();
+    let outcome = attempt_revocation(app, session).await;
+    let (outcome, detail) = match outcome {
+        Revocation::Done(detail) => ("ok".to_owned(), detail),
+        Revocation::Retry(error) => {
+            // Within the events' maximum age, like any other step of the pipeline.
+            let ended = session.ended_at.unwrap_or(now);
+            let give_up_at = ended.saturating_add(app.events.settings().max_age_seconds as i64);
+            if now < give_up_at {
+                let retry = app.events.settings();
+                let attempts = app
+                    .store
+                    .retry_revocation(
+                        &session.id,
+                        now,
+                        retry.retry_initial_seconds.max(1) as i64,
+                        retry.retry_max_seconds.max(1) as i64,
+                    )
+                    .await?;
+                tracing::warn!(session = %session.id, %error, attempts, "could not revoke the session at the IdP; will retry");
+                return Ok(());
+            }
+            (format!("failed: gave up: {error}"), error)
+        }
+    };
+    app.store
+        .finish_revocation(
+            &session.id,
+            now,
+            &AuditEntry {
+                actor: "mxidp".into(),
+                action: "idp.tokens_revoked".into(),
+                target: session.id.to_string(),
+                source: "idp_revocation".into(),
+                outcome,
+                correlation_id: session.id.to_string(),
+                details: serde_json::json!({
+                    "detail": detail,
+                    "upstream": session.provider,
+                    "subject": session.subject,
+                }),
+            },
+        )
+        .await
+}
+
+async fn attempt_revocation(app: &AppState, session: &Session) -> Revocation {
     let Some(upstream) = app.upstream.get() else {
-        return;
+        return Revocation::Retry("the IdP is not discovered yet".into());
     };
     // Revoking the refresh token ends the grant; without one, the access token is all there is.
     let (sealed, hint) = match (&session.sealed_refresh_token, &session.sealed_access_token) {
         (Some(refresh), _) => (refresh, TokenTypeHint::RefreshToken),
         (None, Some(access)) => (access, TokenTypeHint::AccessToken),
-        (None, None) => return,
+        (None, None) => return Revocation::Done("no IdP token".into()),
     };
-    match app.sealer.open_secret(sealed) {
-        Ok(token) => match upstream.revoke(token.expose(), hint).await {
-            Ok(()) => {
-                if let Err(e) = app.store.forget_upstream_tokens(&session.id).await {
-                    tracing::warn!(session = %session.id, error = %e, "could not forget the IdP tokens");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(session = %session.id, error = %e, "could not revoke the session at the IdP")
-            }
-        },
-        Err(e) => {
-            tracing::warn!(session = %session.id, error = %e, "cannot open the sealed IdP token")
+    let token = match app.sealer.open_secret(sealed) {
+        Ok(token) => token,
+        // Another encryption key, or a damaged row: no attempt will ever open it.
+        Err(e) => return Revocation::Done(format!("the sealed IdP token cannot be opened: {e}")),
+    };
+    match upstream.revoke(token.expose(), hint).await {
+        Ok(()) => Revocation::Done(format!("{} revoked", hint.as_str())),
+        Err(UpstreamError::Unsupported(what)) => {
+            Revocation::Done(format!("the IdP offers no {what}"))
         }
+        Err(UpstreamError::OAuth { error, .. }) if error == "unsupported_token_type" => {
+            Revocation::Done(format!("the IdP does not revoke {}s", hint.as_str()))
+        }
+        Err(e) => Revocation::Retry(e.to_string()),
     }
+}
+
+/// Revokes at the IdP what ended sessions still hold, for those due now (after a crash, an IdP
+/// outage): part of every event worker round.
+pub async fn revoke_due(app: &AppState, now: i64) -> Result<usize, StoreError> {
+    // A session ended in the last seconds is its event's to revoke, at once.
+    let due = app.store.sessions_to_revoke(now, now - 10, 100).await?;
+    for session in &due {
+        revoke_at_idp(app, session).await?;
+    }
+    Ok(due.len())
 }

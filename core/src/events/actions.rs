@@ -63,6 +63,8 @@ pub(super) struct Action<'a> {
     /// Set by the round after a transient homeserver failure: the rest of the round does not
     /// call the homeserver (each call could wait for a timeout), it only retries later.
     pub homeserver_down: &'a std::sync::atomic::AtomicBool,
+    /// Which attempt this is (1 for the first), counted when it started.
+    pub attempt: i64,
 }
 
 impl Action<'_> {
@@ -83,7 +85,7 @@ impl Action<'_> {
             for localpart in &localparts {
                 self.sync_devices(localpart).await?;
             }
-            self.revoke_at_idp(&sessions).await;
+            self.revoke_at_idp(&sessions).await?;
             return Ok(Outcome::Applied);
         }
 
@@ -101,7 +103,7 @@ impl Action<'_> {
             let sessions = std::slice::from_ref(&session);
             self.end_sessions(sessions).await?;
             self.sync_devices(&session.localpart).await?;
-            self.revoke_at_idp(sessions).await;
+            self.revoke_at_idp(sessions).await?;
             return Ok(Outcome::Applied);
         }
 
@@ -284,7 +286,7 @@ impl Action<'_> {
             .active_sessions_of_subject(&self.app.mapping.upstream_id, subject)
             .await?;
         self.end_sessions(&sessions).await?;
-        self.revoke_at_idp(&sessions).await;
+        self.revoke_at_idp(&sessions).await?;
         Ok(())
     }
 
@@ -305,12 +307,14 @@ impl Action<'_> {
         Ok(())
     }
 
-    /// Ends the sessions' grants at the IdP, best effort; those already revoked have no sealed
-    /// tokens left and are skipped.
-    async fn revoke_at_idp(&self, sessions: &[Session]) {
+    /// Ends the sessions' grants at the IdP now, when it answers; otherwise the revocation stays
+    /// due (the ended sessions keep their sealed tokens) and the worker retries it. Those
+    /// already revoked have no sealed tokens left and are skipped.
+    async fn revoke_at_idp(&self, sessions: &[Session]) -> Result<(), ActionError> {
         for session in sessions {
-            crate::sessions::revoke_at_idp(self.app, session).await;
+            crate::sessions::revoke_at_idp(self.app, session).await?;
         }
+        Ok(())
     }
 
     /// Makes the user's devices in the homeserver exactly those of the sessions still active:
@@ -403,16 +407,36 @@ impl Action<'_> {
     ) {
         audit::record(
             self.app.store.as_ref(),
-            AuditEntry {
-                actor: "mxidp".into(),
-                action: action.into(),
-                target: target.into(),
-                source: self.event.source.clone(),
-                outcome,
-                correlation_id: self.event.id.to_string(),
-                details,
-            },
+            self.entry(action, target, outcome, details),
         )
         .await;
+    }
+
+    /// A record of this event's attempt. A retry's records say which attempt they come from,
+    /// so that actions repeated after an interrupted attempt read as a retry, not a new event.
+    pub(super) fn entry(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: String,
+        mut details: serde_json::Value,
+    ) -> AuditEntry {
+        if self.attempt > 1 {
+            match &mut details {
+                serde_json::Value::Object(map) => {
+                    map.insert("attempt".into(), self.attempt.into());
+                }
+                other => *other = serde_json::json!({ "attempt": self.attempt }),
+            }
+        }
+        AuditEntry {
+            actor: "mxidp".into(),
+            action: action.into(),
+            target: target.into(),
+            source: self.event.source.clone(),
+            outcome,
+            correlation_id: self.event.id.to_string(),
+            details,
+        }
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Notify};
 use super::actions::{Action, Outcome};
 use super::{ReceivedEvent, StoredEvent};
 use crate::app::{App, AppState};
-use crate::audit::{self, AuditEntry};
+use crate::audit::AuditEntry;
 use crate::config::EventsConfig;
 use crate::ids::now_unix;
 use crate::store::{Store, StoreError};
@@ -71,6 +71,23 @@ impl EventPipeline {
         source: &str,
         received: ReceivedEvent,
     ) -> Result<Acceptance, StoreError> {
+        let target = audit_target(&received.event);
+        let details = serde_json::json!({
+            "kind": received.event.kind(),
+            "dedupe_key": received.dedupe_key,
+            "occurred_at": received.occurred_at,
+        });
+        let now = now_unix();
+        // Written with the event, in its transaction: a stored event always has its record.
+        let mut record = AuditEntry {
+            actor: actor(source),
+            action: "event.received".into(),
+            target,
+            source: source.into(),
+            outcome: "ok".into(),
+            correlation_id: String::new(),
+            details,
+        };
         let stored = self
             .store
             .insert_event(
@@ -78,15 +95,10 @@ impl EventPipeline {
                 &received.dedupe_key,
                 received.occurred_at,
                 &received.event,
-                now_unix(),
+                now,
+                &record,
             )
             .await?;
-        let target = audit_target(&received.event);
-        let details = serde_json::json!({
-            "kind": received.event.kind(),
-            "dedupe_key": received.dedupe_key,
-            "occurred_at": received.occurred_at,
-        });
         Ok(match stored {
             Some(id) => {
                 tracing::info!(
@@ -95,26 +107,18 @@ impl EventPipeline {
                     kind = received.event.kind(),
                     "IdP event accepted"
                 );
-                audit::record(
-                    self.store.as_ref(),
-                    AuditEntry {
-                        actor: actor(source),
-                        action: "event.received".into(),
-                        target,
-                        source: source.into(),
-                        outcome: "ok".into(),
-                        correlation_id: id.to_string(),
-                        details,
-                    },
-                )
-                .await;
                 self.wake.notify_one();
                 Acceptance::Stored(id)
             }
             None => {
+                // The first duplicate is audited (with its count, in one transaction); later
+                // ones are only counted on the event, so that replaying a captured token cannot
+                // flood the audit log.
+                record.outcome = "ignored: duplicate".into();
+                record.correlation_id = format!("{source}:{}", received.dedupe_key);
                 let duplicates = self
                     .store
-                    .count_duplicate(source, &received.dedupe_key)
+                    .count_duplicate(source, &received.dedupe_key, &record, now)
                     .await?;
                 tracing::info!(
                     source,
@@ -122,24 +126,6 @@ impl EventPipeline {
                     duplicates,
                     "duplicate IdP event ignored"
                 );
-                // The first duplicate is audited; later ones are only counted on the event, so
-                // that replaying a captured token cannot flood the audit log.
-                if duplicates > 1 {
-                    return Ok(Acceptance::Duplicate);
-                }
-                audit::record(
-                    self.store.as_ref(),
-                    AuditEntry {
-                        actor: actor(source),
-                        action: "event.received".into(),
-                        target,
-                        source: source.into(),
-                        outcome: "ignored: duplicate".into(),
-                        correlation_id: format!("{source}:{}", received.dedupe_key),
-                        details,
-                    },
-                )
-                .await;
                 Acceptance::Duplicate
             }
         })
@@ -211,45 +197,68 @@ pub async fn apply_now(app: &AppState, id: i64) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// Applies one event and records the outcome on it and in the audit log.
+/// Applies one event and records the outcome on it and in the audit log, in one transaction.
 async fn process(
     app: &AppState,
     event: &StoredEvent,
     now: i64,
     homeserver_down: &AtomicBool,
 ) -> Result<(), StoreError> {
+    let store = app.store.as_ref();
+    // Counted before the actions run: an attempt that a crash cuts short leaves its mark, and
+    // the next one is audited as the retry it is.
+    let attempt = store.begin_attempt(event.id).await?;
+    let interrupted = attempt > event.attempts + 1;
     let action = Action {
         app,
         event,
         now,
         homeserver_down,
+        attempt,
     };
     let settings = app.events.settings();
-    let store = app.store.as_ref();
+    let target = target(event);
+    let details = |extra: serde_json::Value| {
+        let mut details = serde_json::json!({ "attempt": attempt });
+        if interrupted {
+            details["after_interrupted_attempt"] = true.into();
+        }
+        if let (Some(map), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        details
+    };
+    let record = |name: &str, outcome: String, extra: serde_json::Value| AuditEntry {
+        details: details(extra),
+        ..action.entry(name, &target, outcome, serde_json::Value::Null)
+    };
     match action.apply().await {
         Ok(Outcome::Applied) => {
             store
-                .mark_event_applied(event.id, event.event.is_status(), now)
+                .mark_event_applied(
+                    event.id,
+                    event.event.is_status(),
+                    now,
+                    &record("event.applied", "ok".into(), serde_json::Value::Null),
+                )
                 .await?;
             tracing::info!(
                 event_id = event.id,
                 kind = event.event.kind(),
+                attempt,
                 "IdP event applied"
             );
-            action
-                .audit("event.applied", &target(event), "ok".into())
-                .await;
         }
         Ok(Outcome::Ignored(reason)) => {
-            store.mark_event_ignored(event.id, &reason, now).await?;
+            let entry = record(
+                "event.ignored",
+                format!("ignored: {reason}"),
+                serde_json::Value::Null,
+            );
+            store
+                .mark_event_ignored(event.id, &reason, now, &entry)
+                .await?;
             tracing::info!(event_id = event.id, kind = event.event.kind(), %reason, "IdP event ignored");
-            action
-                .audit(
-                    "event.ignored",
-                    &target(event),
-                    format!("ignored: {reason}"),
-                )
-                .await;
         }
         Err(error) if error.is_transient() => {
             let deadline = event
@@ -258,35 +267,40 @@ async fn process(
             let error = error.to_string();
             if now >= deadline {
                 let reason = format!("gave up after the maximum age: {error}");
-                store.mark_event_dead(event.id, &reason, now).await?;
+                let entry = record(
+                    "event.dead",
+                    format!("failed: {reason}"),
+                    serde_json::Value::Null,
+                );
+                store
+                    .mark_event_dead(event.id, &reason, now, &entry)
+                    .await?;
                 tracing::error!(event_id = event.id, kind = event.event.kind(), error = %reason, "IdP event dead");
-                action
-                    .audit("event.dead", &target(event), format!("failed: {reason}"))
-                    .await;
             } else {
                 // The last attempt happens at the deadline rather than after it.
                 let next = now
                     .saturating_add(app.events.retry_delay(event.attempts + 1))
                     .min(deadline);
-                store.mark_event_failed(event.id, &error, next).await?;
+                let entry = record(
+                    "event.failed",
+                    format!("failed: {error}"),
+                    serde_json::json!({ "next_attempt_at": next, "attempts": event.attempts + 1 }),
+                );
+                store
+                    .mark_event_failed(event.id, &error, next, now, &entry)
+                    .await?;
                 tracing::warn!(event_id = event.id, kind = event.event.kind(), %error, retry_at = next, "IdP event failed, will retry");
-                action
-                    .audit_with(
-                        "event.failed",
-                        &target(event),
-                        format!("failed: {error}"),
-                        serde_json::json!({ "next_attempt_at": next, "attempts": event.attempts + 1 }),
-                    )
-                    .await;
             }
         }
         Err(error) => {
             let error = error.to_string();
-            store.mark_event_dead(event.id, &error, now).await?;
+            let entry = record(
+                "event.dead",
+                format!("failed: {error}"),
+                serde_json::Value::Null,
+            );
+            store.mark_event_dead(event.id, &error, now, &entry).await?;
             tracing::error!(event_id = event.id, kind = event.event.kind(), %error, "IdP event failed for good");
-            action
-                .audit("event.dead", &target(event), format!("failed: {error}"))
-                .await;
         }
     }
     Ok(())
@@ -323,6 +337,10 @@ pub fn spawn_worker(app: App) -> tokio::task::JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(processed = n, "IdP event round"),
                 Err(e) => tracing::warn!(error = %e, "IdP event round failed; retrying"),
+            }
+            // Revocations at the IdP left over by a crash or an IdP outage.
+            if let Err(e) = crate::sessions::revoke_due(&app, now_unix()).await {
+                tracing::warn!(error = %e, "IdP revocation round failed; retrying");
             }
             tokio::select! {
                 _ = wake.notified() => {}

@@ -4,6 +4,8 @@
 
 use async_trait::async_trait;
 
+use crate::audit::AuditEntry;
+
 use super::IdpEvent;
 use crate::store::StoreError;
 
@@ -72,7 +74,9 @@ pub type StatusWatermark = (i64, i64);
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Stores a received event unless (source, dedupe_key) is known; `Ok(None)` for a duplicate.
-    /// The event is durable when this returns: only then may the receiver answer 2xx.
+    /// The event is durable when this returns: only then may the receiver answer 2xx. `audit`
+    /// (its `event.received` record; an empty `correlation_id` becomes the event's id) is
+    /// written in the same transaction: a stored event always has its record.
     async fn insert_event(
         &self,
         source: &str,
@@ -80,13 +84,26 @@ pub trait EventStore: Send + Sync {
         occurred_at: i64,
         event: &IdpEvent,
         now: i64,
+        audit: &AuditEntry,
     ) -> Result<Option<i64>, StoreError>;
 
     async fn event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError>;
 
     /// Counts one more delivery of an event already stored; returns how many duplicates it has
-    /// had now (0 when no such event exists).
-    async fn count_duplicate(&self, source: &str, dedupe_key: &str) -> Result<i64, StoreError>;
+    /// had now (0 when no such event exists). The first duplicate's `audit` record is written
+    /// in the same transaction; later ones are only counted.
+    async fn count_duplicate(
+        &self,
+        source: &str,
+        dedupe_key: &str,
+        audit: &AuditEntry,
+        now: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// Counts the start of an attempt to apply the event, before its actions run; returns how
+    /// many attempts have started (this one included). More than `attempts + 1` means an
+    /// earlier attempt was cut short (a crash) before its outcome was recorded.
+    async fn begin_attempt(&self, id: i64) -> Result<i64, StoreError>;
 
     /// Pending and failed events whose next attempt is due at `now`, in the order of the IdP's
     /// own time (then of arrival), at most `limit`.
@@ -100,11 +117,24 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Marks the event applied (one more attempt). With `status`, in the same transaction, the
-    /// event becomes its subject's status watermark unless a newer one is there already.
-    async fn mark_event_applied(&self, id: i64, status: bool, now: i64) -> Result<(), StoreError>;
+    /// event becomes its subject's status watermark unless a newer one is there already. Each
+    /// `mark_event_*` writes its `audit` record in the same transaction as the new state.
+    async fn mark_event_applied(
+        &self,
+        id: i64,
+        status: bool,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Marks the event ignored (nothing to do) with the reason.
-    async fn mark_event_ignored(&self, id: i64, reason: &str, now: i64) -> Result<(), StoreError>;
+    async fn mark_event_ignored(
+        &self,
+        id: i64,
+        reason: &str,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Records a transient failure (one more attempt) and when to try again.
     async fn mark_event_failed(
@@ -112,10 +142,18 @@ pub trait EventStore: Send + Sync {
         id: i64,
         error: &str,
         next_attempt_at: i64,
+        now: i64,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
     /// Gives up on the event (one more attempt) with the error.
-    async fn mark_event_dead(&self, id: i64, error: &str, now: i64) -> Result<(), StoreError>;
+    async fn mark_event_dead(
+        &self,
+        id: i64,
+        error: &str,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// The subject's status watermark, if a status event was ever applied for it.
     async fn status_watermark(&self, subject: &str) -> Result<Option<StatusWatermark>, StoreError>;

@@ -1079,3 +1079,90 @@ async fn user_changed_is_resolved_by_asking_the_idp_in_the_worker() {
     env.run(t0() + 3600).await;
     assert_eq!(env.event(silent).await.state, EventState::Ignored);
 }
+
+#[tokio::test]
+async fn an_attempt_cut_short_by_a_crash_is_retried_and_audited_as_a_retry() {
+    let env = env().await;
+    env.user("sub-alice", "alice").await;
+    env.session("sub-alice", "alice", "DEVICEAAAA", None).await;
+    let id = env
+        .accept(
+            "e1",
+            t0(),
+            IdpEvent::AllSessionsEnded {
+                subject: subject("sub-alice"),
+            },
+        )
+        .await;
+    // What a kill -9 in the middle of the first attempt leaves: the attempt counted as
+    // started, no outcome recorded, the event still pending.
+    assert_eq!(env.app.store.begin_attempt(id).await.unwrap(), 1);
+    assert_eq!(env.event(id).await.state, EventState::Pending);
+
+    env.run(t0()).await;
+    assert_eq!(env.event(id).await.state, EventState::Applied);
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    let of_event: Vec<_> = records
+        .iter()
+        .filter(|r| r.correlation_id == id.to_string())
+        .collect();
+    let count = |action: &str| of_event.iter().filter(|r| r.action == action).count();
+    assert_eq!(count("event.received"), 1);
+    assert_eq!(count("event.applied"), 1);
+    let applied = of_event
+        .iter()
+        .find(|r| r.action == "event.applied")
+        .unwrap();
+    let details: serde_json::Value = serde_json::from_str(&applied.details).unwrap();
+    assert_eq!(details["attempt"], 2);
+    assert_eq!(details["after_interrupted_attempt"], true);
+    // The actions the retry repeated say so too.
+    assert!(of_event
+        .iter()
+        .filter(|r| r.action.starts_with("homeserver."))
+        .all(|r| r.details.contains("\"attempt\":2")));
+}
+
+#[tokio::test]
+async fn an_event_and_its_received_record_are_written_together() {
+    let env = env().await;
+    let id = env
+        .accept(
+            "e1",
+            t0(),
+            IdpEvent::UserLocked {
+                subject: subject("sub-x"),
+            },
+        )
+        .await;
+    // The same delivery again: stored once, its duplicate recorded once.
+    for _ in 0..3 {
+        env.app
+            .events
+            .accept(
+                "test",
+                crate::events::ReceivedEvent {
+                    dedupe_key: "e1".into(),
+                    occurred_at: t0(),
+                    event: IdpEvent::UserLocked {
+                        subject: subject("sub-x"),
+                    },
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    let received: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "event.received")
+        .collect();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[0].correlation_id, id.to_string());
+    assert_eq!(received[0].outcome, "ok");
+    assert_eq!(received[1].outcome, "ignored: duplicate");
+    assert!(crate::audit::verify(env.app.store.as_ref())
+        .await
+        .unwrap()
+        .is_ok());
+}

@@ -1612,7 +1612,7 @@ async fn sign_in_and_sign_out_are_audited_without_tokens() {
     let records = env.app.store.audit_records(0, None, 100).await.unwrap();
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     // The same records as for any other session end (docs/events.md): the event, the end in
-    // the store, the homeserver's device list, the event's outcome.
+    // the store, the homeserver's device list, the IdP's tokens revoked, the event's outcome.
     assert_eq!(
         actions,
         [
@@ -1620,6 +1620,7 @@ async fn sign_in_and_sign_out_are_audited_without_tokens() {
             "event.received",
             "session.ended",
             "homeserver.sync_devices",
+            "idp.tokens_revoked",
             "event.applied"
         ]
     );
@@ -1630,7 +1631,10 @@ async fn sign_in_and_sign_out_are_audited_without_tokens() {
     assert_eq!(records[2].target, started.target);
     assert!(records[2].details.contains("IdP refused refresh"));
     assert_eq!(records[3].outcome, "ok");
-    assert_eq!(records[2].correlation_id, records[4].correlation_id);
+    assert_eq!(records[2].correlation_id, records[5].correlation_id);
+    // The revocation at the IdP is its own durable step, recorded against the session.
+    assert_eq!(records[4].target, started.target);
+    assert_eq!(records[4].outcome, "ok");
     for record in &records {
         for token in ["access_token", "refresh_token"] {
             assert!(!record.details.contains(tokens[token].as_str().unwrap()));
@@ -1657,7 +1661,12 @@ async fn a_session_ended_during_a_refresh_gets_no_new_tokens_and_stays_uncached(
     // A logout lands while the IdP is answering the refresh.
     env.app
         .store
-        .end_session(&session.id, "logout", crate::ids::now_unix())
+        .end_session(
+            &session.id,
+            "logout",
+            crate::ids::now_unix(),
+            &crate::audit::AuditEntry::for_test("session.ended"),
+        )
         .await
         .unwrap();
     let fresh = crate::store::TokenRecord {
@@ -2334,4 +2343,101 @@ async fn a_sign_in_left_at_the_consent_page_hands_the_idp_tokens_back_when_it_ex
             .unwrap(),
         0
     );
+}
+
+#[tokio::test]
+async fn an_idp_revocation_that_fails_stays_due_and_is_done_once_the_idp_answers() {
+    let env = env().await;
+    let tokens = env.tokens(&env.request("DEVICE000041").await).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (_, idp_refresh) = env.idp_tokens(access).await;
+    let (_, session) = env
+        .app
+        .store
+        .token(TokenHash::of(access))
+        .await
+        .unwrap()
+        .unwrap();
+    env.idp.fail_revocation(true);
+    let revoked = env
+        .http
+        .post(env.url("oauth2/revoke"))
+        .form(&[("token", access), ("client_id", &session.client_id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    env.settle().await;
+    // Over for Matrix at once; at the IdP, still to do: the sealed tokens stay with the session.
+    assert_eq!(env.introspect(access).await, json!({"active": false}));
+    assert!(env.revoked_at_idp().is_empty());
+    let stored = env.app.store.session(&session.id).await.unwrap().unwrap();
+    assert!(stored.sealed_refresh_token.is_some());
+    let now = crate::ids::now_unix();
+    assert_eq!(
+        crate::sessions::revoke_due(&env.app, now).await.unwrap(),
+        0,
+        "the retry waits for its back-off"
+    );
+
+    // The IdP is back; the next due round (here: an hour later) revokes, once.
+    env.idp.fail_revocation(false);
+    assert_eq!(
+        crate::sessions::revoke_due(&env.app, now + 3_600)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(env.revoked_at_idp(), vec![idp_refresh.unwrap()]);
+    let stored = env.app.store.session(&session.id).await.unwrap().unwrap();
+    assert!(stored.sealed_refresh_token.is_none() && stored.sealed_access_token.is_none());
+    assert_eq!(
+        crate::sessions::revoke_due(&env.app, now + 7_200)
+            .await
+            .unwrap(),
+        0
+    );
+    let records = env.app.store.audit_records(0, None, 100).await.unwrap();
+    let revocations: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "idp.tokens_revoked")
+        .collect();
+    assert_eq!(revocations.len(), 1, "{records:?}");
+    assert_eq!(revocations[0].outcome, "ok");
+    assert_eq!(revocations[0].target, session.id.as_str());
+}
+
+#[tokio::test]
+async fn a_session_ended_by_a_crash_before_revocation_is_revoked_by_the_next_round() {
+    let env = env().await;
+    let tokens = env.tokens(&env.request("DEVICE000042").await).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (_, idp_refresh) = env.idp_tokens(access).await;
+    let (_, session) = env
+        .app
+        .store
+        .token(TokenHash::of(access))
+        .await
+        .unwrap()
+        .unwrap();
+    // What a crash right after the store's end leaves: ended, nothing asked of the IdP.
+    let ended_at = crate::ids::now_unix() - 60;
+    env.app
+        .store
+        .end_session(
+            &session.id,
+            "crash test",
+            ended_at,
+            &crate::audit::AuditEntry::for_test("session.ended"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        crate::sessions::revoke_due(&env.app, crate::ids::now_unix())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(env.revoked_at_idp(), vec![idp_refresh.unwrap()]);
 }

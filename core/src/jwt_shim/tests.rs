@@ -327,7 +327,11 @@ async fn refused_tokens_are_inactive_and_provision_nothing() {
         );
     }
     assert_eq!(env.shim().cached_verdicts(), before, "no verdict kept");
-    assert_eq!(elsewhere.jwks_fetches(), 0, "keys are never taken from a token's header");
+    assert_eq!(
+        elsewhere.jwks_fetches(),
+        0,
+        "keys are never taken from a token's header"
+    );
     let calls = env.hs.calls();
     assert!(calls.is_empty(), "nothing provisioned, got {calls:?}");
     assert!(env

@@ -325,17 +325,43 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     /// rotated access tokens (to evict from caches). Fails with [`StoreError::Conflict`] when
     /// `old_refresh` was already rotated (a race or a replay) or the session has ended.
     async fn rotate_tokens(&self, rotation: &Rotation<'_>) -> Result<Vec<TokenHash>, StoreError>;
-    /// Ends a session; returns the hashes of its tokens (to evict from caches) when it was active,
-    /// `None` when it had ended already. The sealed IdP tokens stay until
-    /// [`Store::forget_upstream_tokens`]: ending at the IdP may happen later, after a restart.
+    /// Ends a session, with its `session.ended` audit record in the same transaction; returns
+    /// the hashes of its tokens (to evict from caches) when it was active, `None` (and no
+    /// record) when it had ended already. The sealed IdP tokens stay: an ended session that
+    /// holds them is a revocation at the IdP still to do ([`Store::sessions_to_revoke`]).
     async fn end_session(
         &self,
         id: &str,
         reason: &str,
         now: i64,
+        audit: &crate::audit::AuditEntry,
     ) -> Result<Option<Vec<TokenHash>>, StoreError>;
-    /// Drops an ended session's sealed IdP tokens, once they were revoked at the IdP.
-    async fn forget_upstream_tokens(&self, id: &str) -> Result<(), StoreError>;
+    /// Ended sessions whose IdP tokens are still to be revoked: a retry due at `now`, or no
+    /// attempt recorded for a session that ended before `ended_before` (the event that ended it
+    /// normally revokes at once; this finds what a crash left). Oldest first.
+    async fn sessions_to_revoke(
+        &self,
+        now: i64,
+        ended_before: i64,
+        limit: i64,
+    ) -> Result<Vec<Session>, StoreError>;
+    /// The IdP revocation of an ended session is over (done, or given up): its sealed IdP
+    /// tokens are dropped, with the `audit` record, in one transaction.
+    async fn finish_revocation(
+        &self,
+        id: &str,
+        now: i64,
+        audit: &crate::audit::AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// The IdP revocation failed for now: one more attempt, the next after `initial` seconds
+    /// doubled per earlier attempt, at most `max`; returns the attempts so far.
+    async fn retry_revocation(
+        &self,
+        id: &str,
+        now: i64,
+        initial: i64,
+        max: i64,
+    ) -> Result<i64, StoreError>;
     /// Devices of the user's sessions that are still active.
     async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError>;
 

@@ -523,8 +523,9 @@ impl Store for SqliteStore {
         id: &str,
         reason: &str,
         now: i64,
+        audit: &crate::audit::AuditEntry,
     ) -> Result<Option<Vec<TokenHash>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let ended = sqlx::query(
             "UPDATE sessions SET active = 0, ended_at = ?, end_reason = ? WHERE id = ? AND active = 1",
         )
@@ -542,6 +543,7 @@ impl Store for SqliteStore {
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
+        super::sqlite_audit::append_in(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(Some(
             hashes
@@ -571,15 +573,68 @@ impl Store for SqliteStore {
         Ok(moved)
     }
 
-    async fn forget_upstream_tokens(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET sealed_refresh_token = NULL, sealed_access_token = NULL \
-             WHERE id = ? AND active = 0",
+    async fn sessions_to_revoke(
+        &self,
+        now: i64,
+        ended_before: i64,
+        limit: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.active = 0 \
+             AND (s.sealed_refresh_token IS NOT NULL OR s.sealed_access_token IS NOT NULL) \
+             AND (s.revoke_next_at <= ?1 OR (s.revoke_next_at IS NULL AND s.ended_at <= ?2)) \
+             ORDER BY s.ended_at, s.id LIMIT ?3"
+        ))
+        .bind(now)
+        .bind(ended_before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn finish_revocation(
+        &self,
+        id: &str,
+        now: i64,
+        audit: &crate::audit::AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET sealed_refresh_token = NULL, sealed_access_token = NULL, \
+             revoke_next_at = NULL WHERE id = ? AND active = 0 \
+             AND (sealed_refresh_token IS NOT NULL OR sealed_access_token IS NOT NULL)",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // A concurrent attempt finished first: its record stands alone.
+        if done.rows_affected() > 0 {
+            super::sqlite_audit::append_in(&mut tx, audit, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn retry_revocation(
+        &self,
+        id: &str,
+        now: i64,
+        initial: i64,
+        max: i64,
+    ) -> Result<i64, StoreError> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE sessions SET revoke_attempts = revoke_attempts + 1, \
+             revoke_next_at = ?1 + MIN(?3, ?2 * (1 << MIN(revoke_attempts, 20))) \
+             WHERE id = ?4 RETURNING revoke_attempts",
+        )
+        .bind(now)
+        .bind(initial)
+        .bind(max)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(attempts.unwrap_or(0))
     }
 
     async fn active_devices(&self, localpart: &Localpart) -> Result<Vec<DeviceId>, StoreError> {

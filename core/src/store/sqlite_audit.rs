@@ -26,6 +26,43 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreEr
     })
 }
 
+/// Appends `entry` as the next record of the chain inside the caller's transaction, so that the
+/// record and the change it records are written together or not at all. The transaction must
+/// hold the write lock before this reads the last hash: begun with `BEGIN IMMEDIATE`, or after
+/// a write of its own.
+pub(super) async fn append_in(
+    tx: &mut sqlx::SqliteConnection,
+    entry: &AuditEntry,
+    at: i64,
+) -> Result<AuditRecord, StoreError> {
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let record = AuditRecord::chained(seq, at, entry, &prev_hash);
+    sqlx::query(&format!(
+        "INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(record.seq)
+    .bind(record.at)
+    .bind(&record.actor)
+    .bind(&record.action)
+    .bind(&record.target)
+    .bind(&record.source)
+    .bind(&record.outcome)
+    .bind(&record.correlation_id)
+    .bind(&record.details)
+    .bind(&record.prev_hash)
+    .bind(&record.hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(record)
+}
+
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, entry: &AuditEntry, at: i64) -> Result<AuditRecord, StoreError> {
@@ -33,31 +70,7 @@ impl AuditStore for SqliteStore {
         // connection or another process) waits here (busy timeout) instead of reading the same
         // last hash. The UNIQUE prev_hash is the backstop should anything get past it.
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (seq, prev_hash) = match last {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS_HASH.to_owned()),
-        };
-        let record = AuditRecord::chained(seq, at, entry, &prev_hash);
-        sqlx::query(&format!(
-            "INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(record.seq)
-        .bind(record.at)
-        .bind(&record.actor)
-        .bind(&record.action)
-        .bind(&record.target)
-        .bind(&record.source)
-        .bind(&record.outcome)
-        .bind(&record.correlation_id)
-        .bind(&record.details)
-        .bind(&record.prev_hash)
-        .bind(&record.hash)
-        .execute(&mut *tx)
-        .await?;
+        let record = append_in(&mut tx, entry, at).await?;
         tx.commit().await?;
         Ok(record)
     }

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::sqlite::SqliteStore;
+use super::sqlite_audit::append_in;
 use super::StoreError;
+use crate::audit::AuditEntry;
 use crate::events::{EventState, EventStore, IdpEvent, StatusWatermark, StoredEvent};
 
 const EVENT_COLUMNS: &str = "id, source, dedupe_key, occurred_at, received_at, event, state, \
@@ -39,8 +41,10 @@ impl EventStore for SqliteStore {
         occurred_at: i64,
         event: &IdpEvent,
         now: i64,
+        audit: &AuditEntry,
     ) -> Result<Option<i64>, StoreError> {
         let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO idp_events (source, dedupe_key, occurred_at, received_at, kind, subject, event, state, next_attempt_at, queued_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id",
@@ -54,21 +58,52 @@ impl EventStore for SqliteStore {
         .bind(json)
         .bind(now)
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some(id) = id {
+            let mut entry = audit.clone();
+            if entry.correlation_id.is_empty() {
+                entry.correlation_id = id.to_string();
+            }
+            append_in(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
         Ok(id)
     }
 
-    async fn count_duplicate(&self, source: &str, dedupe_key: &str) -> Result<i64, StoreError> {
+    async fn count_duplicate(
+        &self,
+        source: &str,
+        dedupe_key: &str,
+        audit: &AuditEntry,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let count: Option<i64> = sqlx::query_scalar(
             "UPDATE idp_events SET duplicates = duplicates + 1 WHERE source = ? AND dedupe_key = ? \
              RETURNING duplicates",
         )
         .bind(source)
         .bind(dedupe_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let count = count.unwrap_or(0);
+        if count == 1 {
+            append_in(&mut tx, audit, now).await?;
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn begin_attempt(&self, id: i64) -> Result<i64, StoreError> {
+        let started: Option<i64> = sqlx::query_scalar(
+            "UPDATE idp_events SET started_attempts = started_attempts + 1 WHERE id = ? \
+             RETURNING started_attempts",
+        )
+        .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        Ok(count.unwrap_or(0))
+        started.ok_or_else(|| StoreError::Database(format!("no IdP event {id}")))
     }
 
     async fn event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
@@ -109,8 +144,14 @@ impl EventStore for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn mark_event_applied(&self, id: i64, status: bool, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+    async fn mark_event_applied(
+        &self,
+        id: i64,
+        status: bool,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE idp_events SET state = 'applied', attempts = attempts + 1, last_error = NULL, \
              finished_at = ? WHERE id = ?",
@@ -131,19 +172,29 @@ impl EventStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        append_in(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn mark_event_ignored(&self, id: i64, reason: &str, now: i64) -> Result<(), StoreError> {
+    async fn mark_event_ignored(
+        &self,
+        id: i64,
+        reason: &str,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE idp_events SET state = 'ignored', last_error = ?, finished_at = ? WHERE id = ?",
         )
         .bind(reason)
         .bind(now)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        append_in(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -152,7 +203,10 @@ impl EventStore for SqliteStore {
         id: i64,
         error: &str,
         next_attempt_at: i64,
+        now: i64,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE idp_events SET state = 'failed', attempts = attempts + 1, last_error = ?, \
              next_attempt_at = ?, finished_at = NULL WHERE id = ?",
@@ -160,12 +214,21 @@ impl EventStore for SqliteStore {
         .bind(error)
         .bind(next_attempt_at)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        append_in(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn mark_event_dead(&self, id: i64, error: &str, now: i64) -> Result<(), StoreError> {
+    async fn mark_event_dead(
+        &self,
+        id: i64,
+        error: &str,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE idp_events SET state = 'dead', attempts = attempts + 1, last_error = ?, \
              finished_at = ? WHERE id = ?",
@@ -173,8 +236,10 @@ impl EventStore for SqliteStore {
         .bind(error)
         .bind(now)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        append_in(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -223,6 +223,8 @@ struct IdpState {
     /// Tokens `/introspect` calls inactive although they were issued and not revoked.
     introspection_inactive: std::collections::HashSet<String>,
     fail_introspection: bool,
+    /// `/revoke` answers 503 (and revokes nothing) while set.
+    fail_revocation: bool,
     introspection_requests: Vec<IntrospectionRequest>,
     /// Header and claims patches for the ID token of the next code exchange.
     next_id_token_patch: Option<(Value, Value)>,
@@ -438,6 +440,11 @@ impl TestIdp {
             .lock()
             .introspection_inactive
             .insert(token.to_owned());
+    }
+
+    /// Makes `/revoke` answer 503 and revoke nothing (an IdP outage).
+    pub fn fail_revocation(&self, fail: bool) {
+        self.shared.lock().fail_revocation = fail;
     }
 
     /// Makes `/introspect` answer 503 (the IdP is in trouble; the request is still counted).
@@ -931,6 +938,9 @@ async fn revoke(
         );
     };
     let mut state = idp.lock();
+    if state.fail_revocation {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     state.access_tokens.remove(token);
     state.refresh_tokens.remove(token);
     state.revoked.push(RevokedToken {
