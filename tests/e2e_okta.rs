@@ -121,7 +121,10 @@ async fn the_sdk_signs_in_through_okta_and_the_admin_group_grants_synapse_admin(
         "POST /v1/authorize/login",
         "POST /v1/token authorization_code",
     ] {
-        assert!(requests.iter().any(|r| r == step), "{step} not in {requests:?}");
+        assert!(
+            requests.iter().any(|r| r == step),
+            "{step} not in {requests:?}"
+        );
     }
     // mxidp keyed lena on the Okta user id (the ID token's `sub`), not on her login, which is
     // the access token's `sub`.
@@ -284,7 +287,11 @@ async fn the_system_log_locks_a_suspended_user_applies_each_event_once_and_recov
     whoami_ok(&stack, &sessions[2].access_token).await;
     let (stored, next_poll) = read_log(&stack).await;
     assert_eq!(stored, 1);
-    assert_eq!(next_poll, Duration::from_secs(86400), "caught up: the configured interval");
+    assert_eq!(
+        next_poll,
+        Duration::from_secs(86400),
+        "caught up: the configured interval"
+    );
     until_refused(&stack, &sessions[2].access_token, Duration::from_secs(5)).await;
 
     // Okta's rate limit: the read waits for the reset and the cursor stays where it was.
@@ -325,7 +332,13 @@ async fn bad_hook_input_is_refused_and_changes_nothing() {
     let browser_client = browser::client();
     let ivy = RawClient::sign_in(&stack, "ivy", &browser_client).await;
     let webhook = stack.mxidp.join("upstream/webhook").unwrap();
-    let before = stack.app().store.list_events(None, 1000).await.unwrap().len();
+    let before = stack
+        .app()
+        .store
+        .list_events(None, 1000)
+        .await
+        .unwrap()
+        .len();
 
     // A wrong secret: 401, nothing stored, ivy untouched.
     let event = stack.idp.record("user.lifecycle.deactivate", "ivy");
@@ -339,7 +352,13 @@ async fn bad_hook_input_is_refused_and_changes_nothing() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        stack.app().store.list_events(None, 1000).await.unwrap().len(),
+        stack
+            .app()
+            .store
+            .list_events(None, 1000)
+            .await
+            .unwrap()
+            .len(),
         before
     );
     whoami_ok(&stack, &ivy.access_token).await;
@@ -371,8 +390,20 @@ async fn bad_hook_input_is_refused_and_changes_nothing() {
         matches!(&reported[..], [IdpEvent::Unactionable { reason }] if reason.contains("names no user")),
         "{reported:?}"
     );
-    // The malformed suspension did nothing to ivy.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the worker is through with the batch, the malformed suspension did nothing to ivy.
+    let start = Instant::now();
+    loop {
+        let events = stack.app().store.list_events(None, 1000).await.unwrap();
+        if events
+            .iter()
+            .filter(|e| e.dedupe_key == good["uuid"] || e.dedupe_key == bad["uuid"])
+            .all(|e| e.finished_at.is_some())
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     whoami_ok(&stack, &ivy.access_token).await;
 }
 
@@ -392,6 +423,22 @@ async fn reconciliation_reads_user_status_from_the_users_api() {
         batch_size: 100,
         max_requests_per_second: 50,
     };
+    // Introspection is out of budget (429): that is no verdict, and nothing ends.
+    stack.idp.spend_introspection_budget();
+    let round =
+        mxidp_core::reconcile::reconcile_round(stack.app(), &settings, mxidp_core::ids::now_unix())
+            .await
+            .unwrap();
+    assert_eq!((round.ended, round.users), (0, 0), "{round:?}");
+    assert!(stack
+        .idp
+        .requests()
+        .iter()
+        .any(|r| r == "POST /v1/introspect"));
+    for session in &sessions {
+        whoami_ok(&stack, &session.access_token).await;
+    }
+
     stack.idp.set_status("kit", "SUSPENDED");
     let round =
         mxidp_core::reconcile::reconcile_round(stack.app(), &settings, mxidp_core::ids::now_unix())
@@ -414,7 +461,14 @@ async fn reconciliation_reads_user_status_from_the_users_api() {
 async fn the_setup_script_creates_the_app_the_groups_claim_and_a_verified_event_hook() {
     let stack = Stack::okta(vec![OktaUser::new("max")]).await;
     let script = support::repo_root().join("deploy/okta/setup.sh");
-    let org = stack.idp.base_url().as_str().trim_end_matches('/').to_owned();
+    let org = stack
+        .idp
+        .base_url()
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("okta_client_secret");
     let output = tokio::process::Command::new("bash")
         .arg(&script)
         .env("OKTA_ORG_URL", &org)
@@ -422,6 +476,7 @@ async fn the_setup_script_creates_the_app_the_groups_claim_and_a_verified_event_
         .env("OKTA_AUTH_SERVER_ID", support::okta::AUTH_SERVER)
         .env("MXIDP_URL", stack.mxidp.as_str().trim_end_matches('/'))
         .env("OKTA_HOOK_SECRET", HOOK_SECRET)
+        .env("CLIENT_SECRET_FILE", &secret_file)
         .output()
         .await
         .expect("bash runs the script");
@@ -429,7 +484,9 @@ async fn the_setup_script_creates_the_app_the_groups_claim_and_a_verified_event_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     // The API token is never printed.
-    assert!(!stdout.contains(support::okta::API_TOKEN) && !stderr.contains(support::okta::API_TOKEN));
+    assert!(
+        !stdout.contains(support::okta::API_TOKEN) && !stderr.contains(support::okta::API_TOKEN)
+    );
     let created = stack.idp.created();
     let paths: Vec<&str> = created.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
@@ -461,6 +518,56 @@ async fn the_setup_script_creates_the_app_the_groups_claim_and_a_verified_event_
     let (uri, _, verified) = stack.idp.hook().unwrap();
     assert_eq!(uri, stack.mxidp.join("upstream/webhook").unwrap());
     assert!(verified, "the verification through mxidp failed");
-    // The client id and secret are printed for mxidp's configuration.
-    assert!(stdout.contains("client_id"), "{stdout}");
+    // The client id is printed for mxidp's configuration, the secret written to its file:
+    // together they are a client the double knows.
+    let client_id = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client_id = \""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no client_id in {stdout}"));
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert!(!stdout.contains(secret.trim()));
+    let token = reqwest::Client::new()
+        .post(format!("{}/v1/token", stack.idp.issuer()))
+        .basic_auth(client_id, Some(secret.trim()))
+        .form(&[("grant_type", "authorization_code"), ("code", "none")])
+        .send()
+        .await
+        .unwrap();
+    // Authenticated (the code is what fails), so the id and secret are a pair.
+    assert_eq!(token.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Re-validation defaults to local JWT checks for a custom authorization server: Okta's access
+/// tokens carry the server's audience (`api://default`) and no `azp`, which the adapter names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn okta_access_tokens_pass_local_verification_with_the_servers_audience() {
+    use mxidp_core::revalidate::{verify_access_jwt, JwtVerdict};
+    let stack = Stack::okta(vec![OktaUser::new("nia")]).await;
+    let upstream = stack.app().upstream.get().expect("discovered");
+    let token = stack
+        .idp
+        .mint_access_token("nia", support::stack::CLIENT_ID);
+    let now = mxidp_core::ids::now_unix();
+    // `upstream.revalidation` is not set in the stack: the adapter's default applies.
+    assert!(stack.app().revalidator.is_some());
+    assert_eq!(
+        stack.app().provider.default_revalidation(),
+        mxidp_core::config::Revalidation::Jwt
+    );
+    assert_eq!(
+        verify_access_jwt(
+            &upstream,
+            stack.app().provider.access_token_audience(),
+            &token,
+            now
+        )
+        .await,
+        JwtVerdict::Valid
+    );
+    // Without the adapter's audience the same token is not for mxidp.
+    assert!(matches!(
+        verify_access_jwt(&upstream, None, &token, now).await,
+        JwtVerdict::Invalid(_)
+    ));
 }

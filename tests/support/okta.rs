@@ -247,9 +247,15 @@ impl OktaDouble {
             .route("/api/v1/users/{id}", get(user))
             .route("/api/v1/logs", get(logs))
             .route("/api/v1/apps", post(create_app))
-            .route("/api/v1/authorizationServers/{as}/claims", post(create_claim))
+            .route(
+                "/api/v1/authorizationServers/{as}/claims",
+                post(create_claim),
+            )
             .route("/api/v1/eventHooks", post(create_hook))
-            .route("/api/v1/eventHooks/{id}/lifecycle/verify", post(verify_hook))
+            .route(
+                "/api/v1/eventHooks/{id}/lifecycle/verify",
+                post(verify_hook),
+            )
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -440,6 +446,26 @@ impl OktaDouble {
         org.users.iter_mut().find(|u| u.id == id).unwrap().status = status.to_owned();
     }
 
+    /// Spends the rest of this minute's introspection budget: introspection answers 429.
+    pub fn spend_introspection_budget(&self) {
+        self.org().introspections_left = 0;
+    }
+
+    /// An access token of the custom authorization server for `name`, as a sign-in gets it.
+    pub fn mint_access_token(&self, name: &str, client_id: &str) -> String {
+        let grant = Grant {
+            client_id: client_id.to_owned(),
+            user_id: self.user_id(name),
+            scope: "openid profile email".into(),
+            auth_time: now(),
+        };
+        let mut org = self.org();
+        self.shared.issue(&mut org, &grant, None, None)["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// The System Log as it stands.
     pub fn log(&self) -> Vec<Value> {
         self.org().log.clone()
@@ -481,8 +507,10 @@ fn record(s: &Shared, what: String) {
 fn okta_error(status: StatusCode, code: &str, summary: &str) -> Response {
     (
         status,
-        Json(json!({"errorCode": code, "errorSummary": summary, "errorLink": code,
-            "errorId": format!("oae{}", random_string(22)), "errorCauses": []})),
+        Json(
+            json!({"errorCode": code, "errorSummary": summary, "errorLink": code,
+            "errorId": format!("oae{}", random_string(22)), "errorCauses": []}),
+        ),
     )
         .into_response()
 }
@@ -497,9 +525,10 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 async fn discovery(State(s): State<Arc<Shared>>) -> Response {
     let org = s.base.as_str().trim_end_matches('/');
-    let text = include_str!("../../adapters/okta/tests/fixtures/custom_as_openid_configuration.json")
-        .replace("https://{yourOktaDomain}", org)
-        .replace("aus59pz16qgMvHvBS0g7", AUTH_SERVER);
+    let text =
+        include_str!("../../adapters/okta/tests/fixtures/custom_as_openid_configuration.json")
+            .replace("https://{yourOktaDomain}", org)
+            .replace("aus59pz16qgMvHvBS0g7", AUTH_SERVER);
     let document: Value = serde_json::from_str(&text).unwrap();
     Json(document).into_response()
 }
@@ -674,8 +703,19 @@ impl Shared {
         jsonwebtoken::encode(&header, claims, &self.key).expect("sign")
     }
 
-    fn issue(&self, org: &mut Org, grant: &Grant, nonce: Option<&str>, refresh: Option<String>) -> Value {
-        let user = org.users.iter().find(|u| u.id == grant.user_id).unwrap().clone();
+    fn issue(
+        &self,
+        org: &mut Org,
+        grant: &Grant,
+        nonce: Option<&str>,
+        refresh: Option<String>,
+    ) -> Value {
+        let user = org
+            .users
+            .iter()
+            .find(|u| u.id == grant.user_id)
+            .unwrap()
+            .clone();
         let iat = now();
         let scp: Vec<&str> = grant.scope.split(' ').collect();
         let access = json!({
@@ -732,8 +772,7 @@ async fn token(
                     "The authorization code is invalid or has expired.",
                 );
             };
-            if login.client_id != client_id || f.get("redirect_uri") != Some(&login.redirect_uri)
-            {
+            if login.client_id != client_id || f.get("redirect_uri") != Some(&login.redirect_uri) {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
@@ -1012,15 +1051,26 @@ async fn logs(
         .min(1000);
     // `after` is the opaque position Okta hands out in the next link: here, the log index.
     let start = match (q.get("after"), q.get("since")) {
-        (Some(after), _) => match after.rsplit_once('_').and_then(|(_, i)| i.parse::<usize>().ok()) {
+        (Some(after), _) => match after
+            .rsplit_once('_')
+            .and_then(|(_, i)| i.parse::<usize>().ok())
+        {
             Some(i) => i,
             None => {
-                return okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: after")
+                return okta_error(
+                    StatusCode::BAD_REQUEST,
+                    "E0000001",
+                    "Api validation failed: after",
+                )
             }
         },
         (None, Some(since)) => {
             let Ok(since) = mxidp_core::audit::parse_time(since) else {
-                return okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: since");
+                return okta_error(
+                    StatusCode::BAD_REQUEST,
+                    "E0000001",
+                    "Api validation failed: since",
+                );
             };
             org.log
                 .iter()
@@ -1070,7 +1120,11 @@ async fn create_app(
         return invalid_token();
     }
     if body["signOnMode"] != "OPENID_CONNECT" || body["name"] != "oidc_client" {
-        return okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: signOnMode");
+        return okta_error(
+            StatusCode::BAD_REQUEST,
+            "E0000001",
+            "Api validation failed: signOnMode",
+        );
     }
     let client_id = format!("0oa{}", random_string(17));
     let client_secret = random_string(40);
@@ -1091,19 +1145,32 @@ async fn create_claim(
     Path(server): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    record(&s, format!("POST /api/v1/authorizationServers/{server}/claims"));
+    record(
+        &s,
+        format!("POST /api/v1/authorizationServers/{server}/claims"),
+    );
     if !ssws(&headers) {
         return invalid_token();
     }
     if server != AUTH_SERVER {
-        return okta_error(StatusCode::NOT_FOUND, "E0000007", "Not found: Resource not found");
+        return okta_error(
+            StatusCode::NOT_FOUND,
+            "E0000007",
+            "Not found: Resource not found",
+        );
     }
     if body["name"].as_str().is_none() || body["claimType"].as_str().is_none() {
-        return okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: name");
+        return okta_error(
+            StatusCode::BAD_REQUEST,
+            "E0000001",
+            "Api validation failed: name",
+        );
     }
     let mut org = s.org.lock().unwrap();
-    org.created
-        .push((format!("POST /api/v1/authorizationServers/{server}/claims"), body.clone()));
+    org.created.push((
+        format!("POST /api/v1/authorizationServers/{server}/claims"),
+        body.clone(),
+    ));
     let mut claim = body;
     claim["id"] = json!(format!("ocl{}", random_string(17)));
     claim["status"] = json!("ACTIVE");
@@ -1127,11 +1194,16 @@ async fn create_hook(
         config["authScheme"]["key"].as_str(),
         config["authScheme"]["value"].as_str(),
     ) else {
-        return okta_error(StatusCode::BAD_REQUEST, "E0000001", "Api validation failed: channel");
+        return okta_error(
+            StatusCode::BAD_REQUEST,
+            "E0000001",
+            "Api validation failed: channel",
+        );
     };
     let id = format!("who{}", random_string(17));
     let mut org = s.org.lock().unwrap();
-    org.created.push(("POST /api/v1/eventHooks".into(), body.clone()));
+    org.created
+        .push(("POST /api/v1/eventHooks".into(), body.clone()));
     org.hook = Some(Hook {
         id: id.clone(),
         uri,
@@ -1161,7 +1233,11 @@ async fn verify_hook(
         return invalid_token();
     }
     let Some(hook) = s.org.lock().unwrap().hook.clone().filter(|h| h.id == id) else {
-        return okta_error(StatusCode::NOT_FOUND, "E0000007", "Not found: Resource not found");
+        return okta_error(
+            StatusCode::NOT_FOUND,
+            "E0000007",
+            "Not found: Resource not found",
+        );
     };
     // One retry after a timeout or error answer, as Okta does.
     for _ in 0..2 {
@@ -1180,8 +1256,10 @@ async fn verify_hook(
                     if let Some(h) = s.org.lock().unwrap().hook.as_mut() {
                         h.verified = true;
                     }
-                    return Json(json!({"id": id, "status": "ACTIVE", "verificationStatus": "VERIFIED"}))
-                        .into_response();
+                    return Json(
+                        json!({"id": id, "status": "ACTIVE", "verificationStatus": "VERIFIED"}),
+                    )
+                    .into_response();
                 }
             }
         }

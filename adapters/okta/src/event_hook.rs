@@ -153,10 +153,7 @@ mod tests {
     fn the_documented_delivery_of_a_session_start_asks_nothing() {
         let body = include_bytes!("../tests/fixtures/event_hook_delivery_user.session.start.json");
         let h = headers(&[("authorization", "hook-secret")]);
-        let request = WebhookRequest {
-            headers: &h,
-            body,
-        };
+        let request = WebhookRequest { headers: &h, body };
         assert_eq!(parse(Some(&auth()), &request), Ok(vec![]));
     }
 
@@ -221,9 +218,14 @@ mod tests {
         )
         .unwrap();
         let keys: Vec<_> = events.iter().map(|e| e.dedupe_key.as_str()).collect();
-        assert_eq!(keys[..3], ["faf7398a-4f77-11ea-97fb-5925e98228bd", "bad-1", "good-2"]);
+        assert_eq!(
+            keys[..3],
+            ["faf7398a-4f77-11ea-97fb-5925e98228bd", "bad-1", "good-2"]
+        );
         assert!(keys[3].starts_with("malformed:sha256:"));
-        assert!(matches!(&events[1].event, IdpEvent::Unactionable { reason } if reason.contains("published")));
+        assert!(
+            matches!(&events[1].event, IdpEvent::Unactionable { reason } if reason.contains("published"))
+        );
         assert!(matches!(events[2].event, IdpEvent::AllSessionsEnded { .. }));
         // An envelope without `data.events` is refused whole.
         let h2 = headers(&[("authorization", "hook-secret")]);

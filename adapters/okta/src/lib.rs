@@ -143,8 +143,8 @@ impl Okta {
     pub fn from_config(config: &Config) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let settings: OktaConfig = config.adapter_settings(NAME).map_err(|p| vec![p])?;
-        let (server, org) = AuthorizationServer::from_issuer(&config.upstream.issuer)
-            .map_err(|message| {
+        let (server, org) =
+            AuthorizationServer::from_issuer(&config.upstream.issuer).map_err(|message| {
                 vec![Problem {
                     key: "upstream.issuer".into(),
                     message,

@@ -60,8 +60,8 @@ pub fn normalise(event: &Value) -> Result<Option<ReceivedEvent>, Malformed> {
         text(event.get("published")).ok_or_else(|| Malformed(format!("{uuid}: no `published`")))?;
     let occurred_at = mxidp_core::audit::parse_time(published)
         .map_err(|e| Malformed(format!("{uuid}: `published`: {e}")))?;
-    let subject = user(event, user_at)
-        .ok_or_else(|| Malformed(format!("{uuid}: {kind} names no user")))?;
+    let subject =
+        user(event, user_at).ok_or_else(|| Malformed(format!("{uuid}: {kind} names no user")))?;
     if !is_okta_id(subject) {
         return Err(Malformed(format!("{uuid}: the user id is not an Okta id")));
     }
@@ -77,11 +77,11 @@ type Make = fn(String) -> IdpEvent;
 fn mapping(kind: &str) -> Option<(UserAt, Make)> {
     use UserAt::*;
     Some(match kind {
-        "user.session.end"
-        | "user.session.clear"
-        | "user.authentication.universal_logout" => (TargetOrActor, |subject| {
-            IdpEvent::AllSessionsEnded { subject }
-        }),
+        "user.session.end" | "user.session.clear" | "user.authentication.universal_logout" => {
+            (TargetOrActor, |subject| IdpEvent::AllSessionsEnded {
+                subject,
+            })
+        }
         "user.lifecycle.deactivate" => (Target, |subject| IdpEvent::UserDeactivated {
             subject,
             erase: false,
@@ -95,7 +95,9 @@ fn mapping(kind: &str) -> Option<(UserAt, Make)> {
             (TargetOrActor, |subject| IdpEvent::UserUnlocked { subject })
         }
         "user.account.reset_password" | "user.account.update_password" => {
-            (TargetOrActor, |subject| IdpEvent::CredentialChanged { subject })
+            (TargetOrActor, |subject| IdpEvent::CredentialChanged {
+                subject,
+            })
         }
         _ => return None,
     })

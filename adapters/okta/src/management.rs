@@ -109,6 +109,9 @@ mod tests {
         h.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
         assert_eq!(rate_limit_wait(200, &h, 990), Some(Duration::from_secs(10)));
         assert_eq!(rate_limit_wait(200, &h, 2000), Some(Duration::from_secs(1)));
-        assert_eq!(rate_limit_wait(429, &HeaderMap::new(), 0), Some(Duration::from_secs(60)));
+        assert_eq!(
+            rate_limit_wait(429, &HeaderMap::new(), 0),
+            Some(Duration::from_secs(60))
+        );
     }
 }

@@ -138,9 +138,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             "link",
-            HeaderValue::from_static(
-                "<https://acme.okta.com/api/v1/logs?limit=100>; rel=\"self\"",
-            ),
+            HeaderValue::from_static("<https://acme.okta.com/api/v1/logs?limit=100>; rel=\"self\""),
         );
         h.append(
             "link",

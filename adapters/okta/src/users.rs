@@ -40,9 +40,8 @@ pub async fn user_status(api: &ManagementApi, user_id: &str) -> Result<UserStatu
     let answer = api.get(url).await?;
     match answer.status {
         200 => {
-            let user: User = serde_json::from_slice(&answer.body).map_err(|e| {
-                UpstreamError::Protocol(format!("a malformed Okta user: {e}"))
-            })?;
+            let user: User = serde_json::from_slice(&answer.body)
+                .map_err(|e| UpstreamError::Protocol(format!("a malformed Okta user: {e}")))?;
             Ok(status_of(&user.status))
         }
         404 => Ok(UserStatus::Deleted),

@@ -86,3 +86,124 @@ pub fn spawn(app: App) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::events::{IdpEvent, ReceivedEvent};
+    use crate::provider::{EventLogPage, Provider};
+    use crate::receivers::test_env::{Env, Options};
+    use crate::store::Store;
+    use crate::upstream::UpstreamError;
+
+    /// A log of lockings, read two at a time; the cursor is the index of the next entry. Also
+    /// remembers the cursors it was asked with.
+    struct Log {
+        entries: Vec<&'static str>,
+        asked: Mutex<Vec<Option<String>>>,
+    }
+
+    #[async_trait]
+    impl Provider for Log {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        async fn poll_event_log(
+            &self,
+            cursor: Option<&str>,
+        ) -> Result<Option<EventLogPage>, UpstreamError> {
+            self.asked.lock().unwrap().push(cursor.map(str::to_owned));
+            let from: usize = cursor.map_or(0, |c| c.parse().unwrap());
+            let to = (from + 2).min(self.entries.len());
+            let events = self.entries[from..to]
+                .iter()
+                .map(|id| ReceivedEvent {
+                    dedupe_key: (*id).into(),
+                    occurred_at: 1_700_000_000,
+                    event: IdpEvent::UserLocked {
+                        subject: format!("user-{id}"),
+                    },
+                })
+                .collect();
+            Ok(Some(EventLogPage {
+                events,
+                cursor: to.to_string(),
+                next_poll: Duration::from_secs(if to < self.entries.len() { 0 } else { 60 }),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_are_stored_under_the_webhook_source_then_the_cursor_moves() {
+        let log = Arc::new(Log {
+            entries: vec!["e1", "e2", "e3"],
+            asked: Mutex::new(Vec::new()),
+        });
+        let env = Env::with(Options {
+            provider: log.clone(),
+            ..Options::default()
+        })
+        .await;
+        // e2 came by webhook first: the log's copy is a duplicate.
+        env.app
+            .events
+            .accept(
+                "webhook:test",
+                ReceivedEvent {
+                    dedupe_key: "e2".into(),
+                    occurred_at: 1_700_000_000,
+                    event: IdpEvent::UserLocked {
+                        subject: "user-e2".into(),
+                    },
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            poll_once(&env.app).await.unwrap(),
+            PollOutcome::Read {
+                stored: 1,
+                next_poll: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            poll_once(&env.app).await.unwrap(),
+            PollOutcome::Read {
+                stored: 1,
+                next_poll: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(*log.asked.lock().unwrap(), vec![None, Some("2".to_owned())]);
+        assert_eq!(
+            env.store.setting("event_log_cursor:test").await.unwrap(),
+            Some("3".into())
+        );
+        let keys: Vec<_> = env
+            .events()
+            .await
+            .into_iter()
+            .map(|r| (r.source, r.dedupe_key))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("webhook:test", "e2"),
+                ("webhook:test", "e1"),
+                ("webhook:test", "e3")
+            ]
+            .map(|(s, k)| (s.to_owned(), k.to_owned()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_a_log_stops_the_task() {
+        let env = Env::start().await;
+        assert_eq!(poll_once(&env.app).await.unwrap(), PollOutcome::NoLog);
+        spawn(env.app.clone()).await.unwrap();
+    }
+}
