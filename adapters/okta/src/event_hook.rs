@@ -3,8 +3,8 @@
 //! Okta signs nothing: the only proof of the sender is the header the admin configured on the
 //! hook (`channel.config.authScheme`: a header name and a secret value of their choosing),
 //! compared here in constant time. The one-time verification is a `GET` with
-//! `x-okta-verification-challenge`, answered `{"verification": <value>}`; Okta waits 3 s, so it
-//! is answered from memory. Deliveries are `POST`s of a CloudEvents envelope whose
+//! `x-okta-verification-challenge` and the same configured header, answered
+//! `{"verification": <value>}`; Okta waits 3 s, so it is answered from memory. Deliveries are `POST`s of a CloudEvents envelope whose
 //! `data.events[]` holds a batch of System Log events ([`crate::log_event`]).
 //!
 //! A batch is stored event by event: one malformed event does not cost the good ones (Okta

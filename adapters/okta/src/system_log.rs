@@ -2,11 +2,13 @@
 //! never carry some events, so mxidp also reads the log, filtered on the event types that
 //! matter, in `published` order, from a cursor core keeps in its store.
 //!
-//! The cursor is `since=<RFC 3339>` for the first read (the moment mxidp first read the log:
-//! what happened before is not replayed) and then `after=<token>`: Okta's opaque position, taken
-//! from the `Link: <…>; rel="next"` header of each answer. Only the token is kept, and only
-//! from a link to the org itself; the request is always rebuilt from the org URL, so an answer
-//! can never send the API token elsewhere.
+//! The cursor is the query of the next read: at first `filter`, `limit`, `sortOrder` and
+//! `since` = the moment mxidp first read the log (what happened before is not replayed), then
+//! the query of the `Link: <…>; rel="next"` header of each answer, which Okta always sends for
+//! such a polling query and which carries its opaque `after` position. Only the query of a link
+//! to the org's own `/api/v1/logs` is taken, and only the parameters of that endpoint; the
+//! request is always rebuilt from the org URL, so an answer can never send the API token
+//! elsewhere.
 
 use std::time::Duration;
 
@@ -30,6 +32,43 @@ pub fn filter() -> String {
         .join(" or ")
 }
 
+/// The parameters of `/api/v1/logs` a cursor may carry.
+const PARAMETERS: &[&str] = &[
+    "since",
+    "until",
+    "after",
+    "filter",
+    "q",
+    "limit",
+    "sortOrder",
+];
+
+/// The query of the first read: from `now` on.
+fn first_query(now: i64) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("filter", &filter())
+        .append_pair("limit", &PAGE_SIZE.to_string())
+        .append_pair("sortOrder", "ASCENDING")
+        .append_pair("since", &mxidp_core::audit::rfc3339(now))
+        .finish()
+}
+
+/// `query` with only the endpoint's parameters, when it says where to start.
+fn checked_query(query: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| PARAMETERS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if !pairs.iter().any(|(k, _)| k == "since" || k == "after") {
+        return None;
+    }
+    Some(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish(),
+    )
+}
+
 /// Reads one page from `cursor`; `interval` is the wait once caught up.
 pub async fn read(
     api: &ManagementApi,
@@ -38,33 +77,22 @@ pub async fn read(
     now: i64,
 ) -> Result<EventLogPage, UpstreamError> {
     let cursor = match cursor {
-        Some(c) => c.to_owned(),
-        None => format!("since={}", mxidp_core::audit::rfc3339(now)),
+        Some(c) => checked_query(c)
+            .ok_or_else(|| UpstreamError::Protocol("an unreadable System Log cursor".into()))?,
+        None => first_query(now),
     };
-    let (name, value) = cursor
-        .split_once('=')
-        .filter(|(name, _)| matches!(*name, "since" | "after"))
-        .ok_or_else(|| UpstreamError::Protocol("an unreadable System Log cursor".into()))?;
-    let mut url = api.org().clone();
-    url.path_segments_mut()
-        .map_err(|()| UpstreamError::Protocol("the org URL cannot take a path".into()))?
-        .pop_if_empty()
-        .extend(["api", "v1", "logs"]);
-    url.query_pairs_mut()
-        .append_pair("filter", &filter())
-        .append_pair("limit", &PAGE_SIZE.to_string())
-        .append_pair("sortOrder", "ASCENDING")
-        .append_pair(name, value);
+    let mut url = logs_url(api.org())?;
+    url.set_query(Some(&cursor));
     let answer = api.get(url).await?;
-    if let Some(wait) = rate_limit_wait(answer.status, &answer.headers, now) {
-        if answer.status == 429 {
-            tracing::info!(wait_s = wait.as_secs(), "System Log: rate limited by Okta");
-            return Ok(EventLogPage {
-                events: Vec::new(),
-                cursor,
-                next_poll: wait,
-            });
-        }
+    let wait = rate_limit_wait(answer.status, &answer.headers, now);
+    if answer.status == 429 {
+        let wait = wait.unwrap_or(interval);
+        tracing::info!(wait_s = wait.as_secs(), "System Log: rate limited by Okta");
+        return Ok(EventLogPage {
+            events: Vec::new(),
+            cursor,
+            next_poll: wait,
+        });
     }
     if answer.status != 200 {
         return Err(UpstreamError::Protocol(format!(
@@ -85,11 +113,9 @@ pub async fn read(
             }
         }
     }
-    let next_cursor = next_after(&answer.headers, api.org())
-        .map(|after| format!("after={after}"))
-        // Without a next link (a bounded query would end), the same page is read again later.
-        .unwrap_or(cursor);
-    let next_poll = match rate_limit_wait(answer.status, &answer.headers, now) {
+    // Without a next link (a bounded query would end), the same page is read again later.
+    let next_cursor = next_query(&answer.headers, api.org())?.unwrap_or(cursor);
+    let next_poll = match wait {
         Some(wait) => wait,
         None if items.len() >= PAGE_SIZE => Duration::ZERO,
         None => interval,
@@ -101,9 +127,22 @@ pub async fn read(
     })
 }
 
-/// The `after` token of the `rel="next"` link, when that link points at the org.
-fn next_after(headers: &reqwest::header::HeaderMap, org: &Url) -> Option<String> {
-    headers
+fn logs_url(org: &Url) -> Result<Url, UpstreamError> {
+    let mut url = org.clone();
+    url.path_segments_mut()
+        .map_err(|()| UpstreamError::Protocol("the org URL cannot take a path".into()))?
+        .pop_if_empty()
+        .extend(["api", "v1", "logs"]);
+    Ok(url)
+}
+
+/// The checked query of the `rel="next"` link, when that link is the org's `/api/v1/logs`.
+fn next_query(
+    headers: &reqwest::header::HeaderMap,
+    org: &Url,
+) -> Result<Option<String>, UpstreamError> {
+    let logs = logs_url(org)?;
+    Ok(headers
         .get_all(reqwest::header::LINK)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -117,14 +156,11 @@ fn next_after(headers: &reqwest::header::HeaderMap, org: &Url) -> Option<String>
                 return None;
             }
             let url = Url::parse(target.trim().strip_prefix('<')?.strip_suffix('>')?).ok()?;
-            if url.origin() != org.origin() {
+            if url.origin() != logs.origin() || url.path() != logs.path() {
                 return None;
             }
-            url.query_pairs()
-                .find(|(k, _)| k == "after")
-                .map(|(_, v)| v.into_owned())
-                .filter(|v| !v.is_empty())
-        })
+            checked_query(url.query()?)
+        }))
 }
 
 #[cfg(test)]
@@ -133,7 +169,7 @@ mod tests {
     use reqwest::header::{HeaderMap, HeaderValue};
 
     #[test]
-    fn the_next_cursor_is_the_after_token_of_the_orgs_next_link() {
+    fn the_next_cursor_is_the_query_of_the_orgs_next_link() {
         let org: Url = "https://acme.okta.com/".parse().unwrap();
         let mut h = HeaderMap::new();
         h.append(
@@ -143,16 +179,30 @@ mod tests {
         h.append(
             "link",
             HeaderValue::from_static(
-                "<https://acme.okta.com/api/v1/logs?limit=100&after=1581718731843_1>; rel=\"next\"",
+                "<https://acme.okta.com/api/v1/logs?limit=100&after=1581718731843_1&x=y>; rel=\"next\"",
             ),
         );
-        assert_eq!(next_after(&h, &org).as_deref(), Some("1581718731843_1"));
-        let mut elsewhere = HeaderMap::new();
-        elsewhere.insert(
-            "link",
-            HeaderValue::from_static("<https://evil.example/api/v1/logs?after=x>; rel=\"next\""),
+        assert_eq!(
+            next_query(&h, &org).unwrap().as_deref(),
+            Some("limit=100&after=1581718731843_1")
         );
-        assert_eq!(next_after(&elsewhere, &org), None);
+        for elsewhere in [
+            "<https://evil.example/api/v1/logs?after=x>; rel=\"next\"",
+            "<https://acme.okta.com/api/v1/users?after=x>; rel=\"next\"",
+            "<https://acme.okta.com/api/v1/logs?limit=5>; rel=\"next\"",
+        ] {
+            let mut other = HeaderMap::new();
+            other.insert("link", HeaderValue::from_static(elsewhere));
+            assert_eq!(next_query(&other, &org).unwrap(), None, "{elsewhere}");
+        }
+    }
+
+    #[test]
+    fn the_first_read_starts_now_and_a_stored_cursor_is_checked() {
+        let first = first_query(1_581_718_731);
+        assert!(first.ends_with("&sortOrder=ASCENDING&since=2020-02-14T22%3A18%3A51Z"));
+        assert_eq!(checked_query(&first).as_deref(), Some(first.as_str()));
+        assert_eq!(checked_query("limit=5"), None);
     }
 
     #[test]
