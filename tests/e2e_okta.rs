@@ -166,6 +166,23 @@ async fn the_sdk_signs_in_through_okta_and_the_admin_group_grants_synapse_admin(
         .await
         .unwrap();
     assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+
+    // bob signs out: mxidp ends the session and hands Okta's tokens back at its revocation
+    // endpoint.
+    assert_eq!(
+        bob.revoke(&bob.access_token, "access_token").await,
+        StatusCode::OK
+    );
+    until_refused(&stack, &bob.access_token, Duration::from_secs(5)).await;
+    let start = Instant::now();
+    while !stack.idp.requests().iter().any(|r| r == "POST /v1/revoke") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing revoked at Okta: {:?}",
+            stack.idp.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
