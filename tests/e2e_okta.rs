@@ -587,4 +587,37 @@ async fn okta_access_tokens_pass_local_verification_with_the_servers_audience() 
         verify_access_jwt(&upstream, None, &token, now).await,
         JwtVerdict::Invalid(_)
     ));
+
+    // The double introspects as Okta documents: the same members as Okta's example, `scope` a
+    // string, `sub` the login and `uid` the user id, with the rate-limit headers.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/introspect", stack.idp.issuer()))
+        .basic_auth(
+            support::stack::CLIENT_ID,
+            Some(support::stack::CLIENT_SECRET),
+        )
+        .form(&[
+            ("token", token.as_str()),
+            ("token_type_hint", "access_token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.headers().contains_key("x-rate-limit-remaining"));
+    let answer: Value = answer.json().await.unwrap();
+    let documented: Value = serde_json::from_str(include_str!(
+        "../adapters/okta/tests/fixtures/introspect_response_access_token_active.json"
+    ))
+    .unwrap();
+    let keys = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(keys(&answer), keys(&documented));
+    assert!(answer["scope"].is_string());
+    assert_eq!(answer["uid"], stack.idp.user_id("nia"));
+    assert_eq!(answer["sub"], "nia@example.org");
 }
