@@ -112,6 +112,48 @@ pub fn unreadable(event: &Value, index: usize, why: String, now: i64) -> Receive
     }
 }
 
+/// A delivery with the right secret and `data` as its body: the parser on any bytes never panics
+/// (smoke-fuzzed below from the real payloads).
+#[cfg(test)]
+fn fuzz_delivery(data: &[u8]) {
+    use axum::http::{HeaderMap, HeaderValue};
+    let auth = HookAuth {
+        header: HeaderName::from_static("authorization"),
+        secret: SecretString::new("fuzz-secret"),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("fuzz-secret"));
+    let _ = parse(
+        Some(&auth),
+        &WebhookRequest {
+            headers: &headers,
+            body: data,
+        },
+    );
+}
+
+#[cfg(test)]
+mod fuzz_smoke {
+    #[test]
+    fn the_delivery_parser_survives_real_payloads_and_seeded_mutations() {
+        let session_end = include_str!("../tests/fixtures/system_log_event_user.session.end.json");
+        let corpus: Vec<Vec<u8>> = vec![
+            include_bytes!("../tests/fixtures/event_hook_delivery_user.session.start.json")
+                .to_vec(),
+            format!("{{\"data\":{{\"events\":[{session_end}]}}}}").into_bytes(),
+            format!("{{\"data\":{{\"events\":[{session_end},{session_end},null,1]}}}}")
+                .into_bytes(),
+        ];
+        let ran = mxidp_core::fuzz_targets::smoke(
+            "okta_event_hook",
+            super::fuzz_delivery,
+            &corpus,
+            std::time::Duration::from_secs(2),
+        );
+        assert!(ran > corpus.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
