@@ -229,6 +229,25 @@ mod tests {
     }
 
     #[test]
+    fn only_okta_id_shapes_reach_the_users_api() {
+        for good in ["00u1abvz4pYqdM8ms4x6", "00uid4BxXw6I6TV4m0g3"] {
+            assert!(is_okta_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../../groups",
+            "%2e%2e",
+            "a/b",
+            "a?b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_okta_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn malformed_events_are_refused_with_a_reason() {
         let mut no_uuid = fixture_session_end();
         no_uuid.as_object_mut().unwrap().remove("uuid");
