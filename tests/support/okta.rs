@@ -1296,7 +1296,7 @@ impl super::stack::Stack<OktaDouble> {
             HOOK_SECRET,
         );
         let issuer = idp.issuer();
-        Self::assemble(
+        let stack = Self::assemble(
             idp,
             listener,
             mxidp,
@@ -1323,6 +1323,24 @@ admin = {{ claim = "roles", value = "{ADMIN_GROUP}" }}
                 )
             },
         )
-        .await
+        .await;
+        // The background task's first read sets where the log starts; the tests' own reads
+        // must come after it, or it could move the cursor past their events.
+        let started = std::time::Instant::now();
+        while stack
+            .app()
+            .store
+            .setting("event_log_cursor:okta")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "mxidp never read the System Log"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stack
     }
 }
