@@ -57,6 +57,19 @@ pub struct WebhookChallenge {
     pub body: Value,
 }
 
+/// One read of an IdP's event log ([`Provider::poll_event_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLogPage {
+    /// The events of this page, normalised as the adapter's webhook normalises them (the same
+    /// dedupe keys, so that an event seen by both paths acts once).
+    pub events: Vec<ReceivedEvent>,
+    /// Where the next read starts. Core stores it only once every event above is durable.
+    pub cursor: String,
+    /// How long to wait before the next read: none while the log has more pages, longer when
+    /// caught up or when the IdP's rate limit says so.
+    pub next_poll: std::time::Duration,
+}
+
 /// Adapters implement this with `#[async_trait]` only if they override an async hook.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -172,6 +185,17 @@ pub trait Provider: Send + Sync {
     /// `reconciliation.max_requests_per_second`. An error is counted and changes nothing.
     async fn user_status(&self, _subject: &str) -> Result<UserStatus, UpstreamError> {
         Ok(UserStatus::Unknown)
+    }
+
+    /// Reads the IdP's event log from `cursor` (`None`: nothing read yet), for IdPs whose
+    /// webhooks are best-effort and whose log is the record (Okta's System Log). Core's log task
+    /// ([`crate::events::log_stream`]) stores the events under the webhook's source, then the
+    /// cursor. `Ok(None)`, the default, means there is no log to read and the task stops.
+    async fn poll_event_log(
+        &self,
+        _cursor: Option<&str>,
+    ) -> Result<Option<EventLogPage>, UpstreamError> {
+        Ok(None)
     }
 }
 

@@ -286,6 +286,8 @@ pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     // Its first round picks up the events accepted before a crash or a stop.
     crate::events::spawn_worker(app.clone());
     crate::jwt_shim::spawn_service_accounts(app.clone());
+    // Stops at once for a provider without an event log.
+    crate::events::log_stream::spawn(app.clone());
     let r = &config.reconciliation;
     if crate::reconcile::spawn_reconciliation(app, r.clone()).is_some() {
         tracing::info!(

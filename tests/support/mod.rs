@@ -11,6 +11,7 @@ pub mod cli;
 pub mod fake_mas;
 pub mod idp;
 pub mod keycloak;
+pub mod okta;
 pub mod process;
 pub mod proxy;
 pub mod raw_client;

@@ -192,7 +192,7 @@ admin = {{ claim = "roles", value = "matrix-admin" }}
 impl<I> Stack<I> {
     /// Synapse, the proxy and mxidp for an IdP that is already running; `upstream_toml` holds
     /// `[upstream]` and whatever sections follow it.
-    async fn assemble(
+    pub(super) async fn assemble(
         idp: I,
         listener: tokio::net::TcpListener,
         mxidp: Url,

@@ -84,6 +84,7 @@ pub enum WebhookError {
 }
 
 mod actions;
+pub mod log_stream;
 pub mod pipeline;
 pub mod store;
 #[cfg(test)]

@@ -16,13 +16,19 @@ use crate::app::App;
 use crate::events::{Acceptance, WebhookError, WebhookRequest};
 use crate::limits::ClientAddress;
 
+/// The source the provider's own events are stored under: its webhook's deliveries, and its
+/// event log's pages ([`crate::events::log_stream`]), so that their dedupe keys meet.
+pub fn source(provider: &dyn crate::provider::Provider) -> String {
+    format!("webhook:{}", provider.name())
+}
+
 pub async fn post(
     State(app): State<App>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let source = format!("webhook:{}", app.provider.name());
+    let source = source(app.provider.as_ref());
     let events = match app.provider.parse_webhook(&WebhookRequest {
         headers: &headers,
         body: &body,
@@ -76,7 +82,7 @@ pub async fn get(
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
 ) -> Response {
-    let source = format!("webhook:{}", app.provider.name());
+    let source = source(app.provider.as_ref());
     match app.provider.webhook_verification(&WebhookRequest {
         headers: &headers,
         body: &[],

@@ -373,6 +373,8 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Sets a setting only when it has none yet; returns the value that is stored afterwards.
     async fn init_setting(&self, name: &str, value: &str) -> Result<String, StoreError>;
+    /// Sets a setting, replacing its value (an event log's cursor).
+    async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
 
     /// Sign-ins in progress (pending authorizations not yet expired).
     async fn pending_count(&self, now: i64) -> Result<u64, StoreError>;
