@@ -34,6 +34,8 @@ pub struct Config {
     pub reconciliation: ReconciliationConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub consent: crate::consent::ConsentConfig,
     /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
     /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
     #[serde(default)]
@@ -865,6 +867,16 @@ impl Config {
                 &mut problems,
                 "sessions.pending_authorization_seconds",
                 "must be at least 60".into(),
+            );
+        }
+        if self.consent.native_remember_seconds > crate::consent::MAX_NATIVE_REMEMBER_SECONDS {
+            push(
+                &mut problems,
+                "consent.native_remember_seconds",
+                format!(
+                    "must be at most {}: a native client's identity cannot be verified, so its consent is only remembered for a short while",
+                    crate::consent::MAX_NATIVE_REMEMBER_SECONDS
+                ),
             );
         }
         problems

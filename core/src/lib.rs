@@ -4,6 +4,7 @@ pub mod app;
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod error_reply;
 pub mod events;

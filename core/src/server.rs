@@ -156,6 +156,7 @@ pub fn assemble(
             authorization_code: s.authorization_code_seconds as i64,
             default_access_token: s.default_access_token_seconds as i64,
         },
+        consent: config.consent.clone(),
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)

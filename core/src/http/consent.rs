@@ -1,4 +1,4 @@
-//! The consent page (remembered per user and client) and its form: `POST /consent`. The form
+//! The consent page (remembered per user, client and scopes, see [`crate::consent`]) and its form: `POST /consent`. The form
 //! counts only with the browser cookie of the sign-in and the CSRF token of the page.
 //! After consent the user is provisioned in the homeserver and the client gets a single-use code.
 
@@ -20,7 +20,8 @@ use crate::store::{AuthorizationStage, PendingAuthorization};
 
 pub use super::pages::PageError as RouteError;
 
-/// After the IdP signed the user in: skip the page when the user already consented to this client.
+/// After the IdP signed the user in: skip the page only when a remembered consent covers this
+/// request (see [`crate::consent`]: the scopes, the admin scope, the client's identity).
 pub async fn continue_after_login(
     app: &AppState,
     pending: PendingAuthorization,
@@ -28,10 +29,17 @@ pub async fn continue_after_login(
 ) -> Result<Response, RouteError> {
     let remembered = app
         .store
-        .has_consent(&login.localpart, &pending.client_id)
+        .consent(&login.localpart, &pending.client_id)
         .await
         .map_err(|e| RouteError::internal("load consent", &e))?;
-    if remembered {
+    let requested = requested_scopes(&pending)?;
+    if crate::consent::covers(
+        remembered.as_ref(),
+        &requested,
+        crate::consent::redirect_identifies_client(&pending.redirect_uri),
+        app.consent.native_remember_seconds,
+        now_unix(),
+    ) {
         return complete(app, pending).await;
     }
     let client = app
@@ -107,8 +115,16 @@ pub async fn post(
         .ok_or_else(|| refuse("This sign-in is not complete."))?;
     match form.decision.as_str() {
         "allow" => {
+            let previous = app
+                .store
+                .consent(&login.localpart, &pending.client_id)
+                .await
+                .map_err(|e| RouteError::internal("load consent", &e))?
+                .map(|r| r.scopes)
+                .unwrap_or_default();
+            let scopes = crate::consent::to_remember(&previous, &requested_scopes(&pending)?);
             app.store
-                .add_consent(&login.localpart, &pending.client_id, now_unix())
+                .add_consent(&login.localpart, &pending.client_id, &scopes, now_unix())
                 .await
                 .map_err(|e| RouteError::internal("store consent", &e))?;
             complete(&app, pending).await
@@ -123,6 +139,15 @@ pub async fn post(
             Ok(to.error("access_denied", "the user denied access"))
         }
     }
+}
+
+/// The consent-relevant scopes of a sign-in (validated at `/authorize`).
+fn requested_scopes(
+    pending: &PendingAuthorization,
+) -> Result<std::collections::BTreeSet<String>, RouteError> {
+    let scope = crate::scope::MatrixScope::parse(&pending.scope)
+        .map_err(|e| RouteError::internal("stored scope", &e))?;
+    Ok(crate::consent::scopes_of(&scope))
 }
 
 fn client_redirect_for(

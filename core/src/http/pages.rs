@@ -163,7 +163,7 @@ fn unframed(mut response: Response) -> Response {
 
 pub fn consent_page(view: &ConsentView<'_>) -> Response {
     let admin = if view.admin {
-        "<li>administer the homeserver (you are a homeserver administrator)</li>"
+        "<li class=\"warning\"><strong>administer the homeserver</strong> (you are a homeserver administrator): every account, room and setting</li>"
     } else {
         ""
     };

@@ -283,6 +283,23 @@ impl Env {
             .unwrap()
     }
 
+    /// Answers a consent page already read.
+    async fn consent_html(&self, html: &str, cookie: &str, decision: &str) -> reqwest::Response {
+        let pending = hidden(html, "pending");
+        let csrf = hidden(html, "csrf");
+        self.http
+            .post(self.url("consent"))
+            .header(COOKIE, cookie)
+            .form(&[
+                ("pending", pending.as_str()),
+                ("csrf", csrf.as_str()),
+                ("decision", decision),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The whole sign-in; returns the client's code.
     async fn sign_in(&self, r: &Request) -> String {
         let (page, cookie) = self.to_callback(r).await;
@@ -566,6 +583,145 @@ async fn consent_is_remembered_per_user_and_client_and_deny_returns_access_denie
         .devices(&alice())
         .iter()
         .any(|d| d.as_str() == "DEVICE000003"));
+}
+
+fn has_admin_scope(introspection: &Value) -> bool {
+    introspection["scope"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "urn:synapse:admin:*")
+}
+
+/// The privilege escalation of issue 17: consent remembered per client let a client that was
+/// once allowed for normal use come back for `urn:synapse:admin:*` and get it without a page.
+#[tokio::test]
+async fn an_approved_client_asking_for_the_admin_scope_is_asked_every_time_and_deny_grants_nothing()
+{
+    let env = env_with("[policy]\nadmin = { claim = \"groups\", value = \"matrix-admins\" }").await;
+    let boss =
+        json!({"sub": "boss-sub", "preferred_username": "boss", "groups": ["matrix-admins"]});
+    env.idp.set_next_login(boss.clone());
+    let r = env.request("DEVICE000101").await;
+    let plain = env.tokens(&r).await;
+    let plain_access = plain["access_token"].as_str().unwrap().to_owned();
+
+    let with_admin = |device: &str| Request {
+        client_id: r.client_id.clone(),
+        redirect_uri: r.redirect_uri.clone(),
+        scope: format!("{} urn:synapse:admin:*", device_scope(device)),
+        verifier: crate::ids::random_token(32),
+        response_mode: None,
+    };
+    // Same client, now asking for the admin scope: the page, with the admin warning.
+    env.idp.set_next_login(boss.clone());
+    let (page, cookie) = env.to_callback(&with_admin("DEVICE000102")).await;
+    assert_eq!(page.status(), StatusCode::OK, "the consent page is shown");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("class=\"warning\""), "{html}");
+    assert!(html.contains("administer"), "{html}");
+    let denied = env.consent_html(&html, &cookie, "deny").await;
+    assert!(location(&denied).contains("error=access_denied"));
+    assert!(!env
+        .hs
+        .devices(&Localpart::parse("boss").unwrap())
+        .iter()
+        .any(|d| d.as_str() == "DEVICE000102"));
+    assert!(!has_admin_scope(&env.introspect(&plain_access).await));
+
+    // Allowing it once does not make it silent: the next admin request asks again.
+    env.idp.set_next_login(boss.clone());
+    let admin = env.tokens(&with_admin("DEVICE000103")).await;
+    assert!(has_admin_scope(
+        &env.introspect(admin["access_token"].as_str().unwrap())
+            .await
+    ));
+    env.idp.set_next_login(boss.clone());
+    let (again, _) = env.to_callback(&with_admin("DEVICE000104")).await;
+    assert_eq!(again.status(), StatusCode::OK, "asked again");
+    // The plain scopes stay remembered.
+    env.idp.set_next_login(boss);
+    let (silent, _) = env
+        .to_callback(&Request {
+            scope: device_scope("DEVICE000105"),
+            ..with_admin("DEVICE000105")
+        })
+        .await;
+    assert_eq!(silent.status(), StatusCode::SEE_OTHER);
+    assert!(location(&silent).contains("code="));
+}
+
+#[tokio::test]
+async fn a_request_for_more_scopes_than_allowed_shows_the_page_again() {
+    let env = env().await;
+    let r = env.request("DEVICE000106").await;
+    env.tokens(&r).await;
+    let more = Request {
+        client_id: r.client_id.clone(),
+        redirect_uri: r.redirect_uri.clone(),
+        scope: format!("{} email", device_scope("DEVICE000107")),
+        verifier: crate::ids::random_token(32),
+        response_mode: None,
+    };
+    let (page, _) = env.to_callback(&more).await;
+    assert_eq!(page.status(), StatusCode::OK, "the consent page is shown");
+}
+
+impl Env {
+    /// A native client with a loopback redirect: its identity cannot be verified.
+    async fn native_request(&self, device: &str) -> Request {
+        let r = self
+            .register(json!({
+                "client_name": "Element",
+                "client_uri": "https://app.element.io/",
+                "redirect_uris": ["http://127.0.0.1/callback"],
+                "application_type": "native",
+                "token_endpoint_auth_method": "none"
+            }))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let client_id = r.json::<Value>().await.unwrap()["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Request {
+            client_id,
+            redirect_uri: "http://127.0.0.1:45678/callback".into(),
+            scope: device_scope(device),
+            verifier: crate::ids::random_token(32),
+            response_mode: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_native_client_is_asked_every_time_unless_a_short_window_is_configured() {
+    let env = env().await;
+    let r = env.native_request("DEVICE000108").await;
+    env.tokens(&r).await;
+    let again = Request {
+        scope: device_scope("DEVICE000109"),
+        verifier: crate::ids::random_token(32),
+        ..r
+    };
+    let (page, _) = env.to_callback(&again).await;
+    assert_eq!(
+        page.status(),
+        StatusCode::OK,
+        "RFC 8252 §8.6: no silent approval"
+    );
+
+    let windowed = env_with("[consent]\nnative_remember_seconds = 600").await;
+    let r = windowed.native_request("DEVICE000110").await;
+    windowed.tokens(&r).await;
+    let again = Request {
+        scope: device_scope("DEVICE000111"),
+        verifier: crate::ids::random_token(32),
+        ..r
+    };
+    let (silent, _) = windowed.to_callback(&again).await;
+    assert_eq!(silent.status(), StatusCode::SEE_OTHER);
+    assert!(location(&silent).contains("code="));
 }
 
 #[tokio::test]
