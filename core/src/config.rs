@@ -36,6 +36,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub consent: crate::consent::ConsentConfig,
+    #[serde(default)]
+    pub branding: crate::branding::BrandingConfig,
     /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
     /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
     #[serde(default)]
@@ -868,6 +870,9 @@ impl Config {
                 "sessions.pending_authorization_seconds",
                 "must be at least 60".into(),
             );
+        }
+        for (key, message) in self.branding.problems() {
+            push(&mut problems, key, message);
         }
         if self.consent.native_remember_seconds > crate::consent::MAX_NATIVE_REMEMBER_SECONDS {
             push(

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod branding;
 pub mod cache;
 pub mod config;
 pub mod consent;

@@ -157,6 +157,7 @@ pub fn assemble(
             default_access_token: s.default_access_token_seconds as i64,
         },
         consent: config.consent.clone(),
+        branding: crate::branding::Branding::new(&config.branding, &config.matrix.homeserver),
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)
@@ -381,7 +382,10 @@ pub fn router(state: App) -> Router {
             get(http::authorize::get).layer(limited(Bucket::Authorization)),
         )
         .route(&format!("/{}", http::paths::CALLBACK), get(http::callback::get))
-        .route(&format!("/{}", http::paths::CONSENT), post(http::consent::post))
+        .route(
+            &format!("/{}", http::paths::CONSENT),
+            get(http::consent::get).post(http::consent::post),
+        )
         .route(&format!("/{}", http::paths::INTROSPECT), post(http::introspect::post))
         .route(
             &format!("/{}", http::paths::ACCOUNT),
@@ -409,6 +413,11 @@ pub fn router(state: App) -> Router {
         )
         .route("/health/live", get(http::health::live))
         .route("/health/ready", get(http::health::ready))
+        // Every page into the branded document, with the headers pages carry.
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            http::pages::render,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(

@@ -10,7 +10,7 @@
 //! replace the victim's cryptographic identity within the window. The page tells the victim
 //! what is about to happen, and nothing happens unless they say so from the same browser.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -55,30 +55,77 @@ pub fn parse_action(action: &str) -> Option<AccountAction> {
 pub async fn get(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(q): Query<AccountQuery>,
+    RawQuery(query): RawQuery,
 ) -> Response {
-    let action = q
-        .action
-        .as_deref()
-        .and_then(parse_action)
-        .unwrap_or(AccountAction::Profile);
-    if action == AccountAction::CrossSigningReset {
+    // A query that does not parse is the landing page, not a parser message.
+    let q: AccountQuery =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or(AccountQuery {
+            action: None,
+            device_id: None,
+        });
+    let action = q.action.as_deref().and_then(parse_action);
+    if action == Some(AccountAction::CrossSigningReset) {
         return start_cross_signing_reset(&app, &headers).await;
     }
-    // The configured page wins over the adapter's default.
-    let url = app.account_url.clone().or_else(|| {
+    match action.and_then(|a| account_url(&app, a)) {
+        Some(url) => see_other(url.as_str()),
+        None => account_page(&app),
+    }
+}
+
+/// Where an action is done at the IdP: the configured page wins over the adapter's default.
+fn account_url(app: &AppState, action: AccountAction) -> Option<url::Url> {
+    app.account_url.clone().or_else(|| {
         app.upstream
             .get()
             .and_then(|u| app.provider.account_url(u.metadata(), action))
-    });
-    match url {
-        Some(url) => see_other(url.as_str()),
-        None => pages::error_page(
-            StatusCode::NOT_FOUND,
-            "Account management",
-            "Your account is managed by your organisation's identity provider. Ask your administrator where to change it.",
-        ),
+    })
+}
+
+/// The `account_management_uri` without an action (or one the IdP has no page for): what can
+/// be done where, rather than a dead end.
+fn account_page(app: &AppState) -> Response {
+    let mut idp_links: Vec<(url::Url, &str)> = Vec::new();
+    for (action, label) in [
+        (AccountAction::Profile, "Your profile, name and password"),
+        (AccountAction::DevicesList, "Your devices and sign-ins"),
+    ] {
+        if let Some(url) = account_url(app, action) {
+            if !idp_links.iter().any(|(u, _)| *u == url) {
+                idp_links.push((url, label));
+            }
+        }
     }
+    let idp = if idp_links.is_empty() {
+        "<p>Your account is managed by your organisation's identity provider. Your administrator can tell you where to change your name, password or devices.</p>"
+            .to_owned()
+    } else {
+        let items: String = idp_links
+            .iter()
+            .map(|(url, label)| {
+                format!(
+                    "<li><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></li>",
+                    pages::escape(url.as_str()),
+                    pages::escape(label)
+                )
+            })
+            .collect();
+        format!(
+            "<p>Your account is managed by your organisation's identity provider:</p><ul>{items}</ul>"
+        )
+    };
+    let mut reset = app.url(paths::ACCOUNT);
+    reset
+        .query_pairs_mut()
+        .append_pair("action", "org.matrix.cross_signing_reset");
+    let main = format!(
+        "<h1>Your Matrix account</h1>{idp}\
+<h2>Encryption</h2><p>If you lost every device and your recovery key, you can reset your \
+cryptographic identity. You will sign in again and confirm before anything changes.</p>\
+<p><a href=\"{}\">Reset your cryptographic identity</a></p>",
+        pages::escape(reset.as_str())
+    );
+    pages::page(StatusCode::OK, "Your Matrix account", main)
 }
 
 async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Response {
@@ -119,10 +166,11 @@ async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Respo
     };
     if let Err(e) = app.store.add_pending(&pending).await {
         let id = internal("store pending reset", &e);
-        return pages::error_page(
+        return pages::logged_error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
-            &format!("Reference: {id}"),
+            "A problem on this server stopped this. Nothing was changed.",
+            &id,
         );
     }
     let url = upstream.authorization_url(&UpstreamAuthorization {
@@ -191,10 +239,11 @@ pub async fn finish_cross_signing_reset(
         }
         Err(e) => {
             let id = internal("load identity", &e);
-            return pages::error_page(
+            return pages::logged_error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
-                &format!("Reference: {id}"),
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
             );
         }
     };
@@ -216,10 +265,11 @@ pub async fn finish_cross_signing_reset(
     });
     if let Err(e) = app.store.update_pending(&confirming).await {
         let id = internal("store reset confirmation", &e);
-        return pages::error_page(
+        return pages::logged_error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
-            &format!("Reference: {id}"),
+            "A problem on this server stopped this. Nothing was changed.",
+            &id,
         );
     }
     pages::confirm_page(&pages::ConfirmView {
@@ -254,7 +304,7 @@ pub struct ConfirmForm {
 pub async fn confirm(
     State(app): State<App>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<ConfirmForm>,
+    form: Result<axum::Form<ConfirmForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let refused = || {
         pages::error_page(
@@ -262,6 +312,9 @@ pub async fn confirm(
             "Not confirmed",
             "This confirmation is not valid (expired, already used, or from another browser). Start again from your Matrix app.",
         )
+    };
+    let Ok(axum::Form(form)) = form else {
+        return refused();
     };
     let pending = match app.store.pending(&form.pending).await {
         Ok(Some(p))
@@ -274,10 +327,11 @@ pub async fn confirm(
         Ok(_) => return refused(),
         Err(e) => {
             let id = internal("load reset confirmation", &e);
-            return pages::error_page(
+            return pages::logged_error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
-                &format!("Reference: {id}"),
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
             );
         }
     };
@@ -326,10 +380,11 @@ pub async fn confirm(
         }
         Err(e) => {
             let id = internal("allow cross-signing reset", &e);
-            pages::error_page(
+            pages::logged_error_page(
                 StatusCode::BAD_GATEWAY,
-                "Homeserver unavailable",
-                &format!("The reset could not be allowed. Try again in a moment. Reference: {id}"),
+                "Matrix server unavailable",
+                "The reset could not be allowed. Nothing was changed. Try again in a moment.",
+                &id,
             )
         }
     }

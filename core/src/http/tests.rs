@@ -17,6 +17,9 @@ use crate::provider::GenericOidc;
 use crate::store::SqliteStore;
 use crate::upstream::test_idp::{TestIdp, CLIENT_ID, CLIENT_SECRET};
 
+#[path = "tests_pages.rs"]
+mod pages;
+
 const SECRET: &str = "0123456789abcdef0123456789abcdef-synapse";
 const UNSTABLE_API: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
 const STABLE_API: &str = "urn:matrix:client:api:*";
@@ -256,7 +259,33 @@ impl Env {
             .send()
             .await
             .unwrap();
-        (answer, cookie)
+        (self.follow_to_consent(answer, &cookie).await, cookie)
+    }
+
+    /// The callback redirects (post/redirect/get) to the consent page when one is needed;
+    /// anything else (the client's redirect, an error page) is returned as it is.
+    async fn follow_to_consent(
+        &self,
+        answer: reqwest::Response,
+        cookie: &str,
+    ) -> reqwest::Response {
+        let consent = self.url("consent");
+        let to_consent = answer
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .filter(|l| l.starts_with(consent.as_str()))
+            .map(str::to_owned);
+        match to_consent {
+            Some(page) => self
+                .http
+                .get(page)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .unwrap(),
+            None => answer,
+        }
     }
 
     /// Answers the consent page; returns the redirect to the client.
@@ -619,7 +648,7 @@ async fn an_approved_client_asking_for_the_admin_scope_is_asked_every_time_and_d
     assert_eq!(page.status(), StatusCode::OK, "the consent page is shown");
     let html = page.text().await.unwrap();
     assert!(html.contains("class=\"warning\""), "{html}");
-    assert!(html.contains("administer"), "{html}");
+    assert!(html.contains("Administer this homeserver"), "{html}");
     let denied = env.consent_html(&html, &cookie, "deny").await;
     assert!(location(&denied).contains("error=access_denied"));
     assert!(!env
@@ -970,7 +999,7 @@ async fn bad_id_tokens_are_refused_and_change_nothing() {
         let (answer, _) = env.to_callback(&r).await;
         assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{name}");
         let page = answer.text().await.unwrap();
-        assert!(page.contains("ID token is not valid"), "{name}: {page}");
+        assert!(page.contains("cannot accept"), "{name}: {page}");
     }
     assert!(env.hs.calls().is_empty(), "nothing reached the homeserver");
     assert!(env
@@ -1537,7 +1566,8 @@ async fn adapter_overrides_are_used_by_the_core_flow() {
         .set_next_login(json!({"sub": "eve-sub", "preferred_username": "eve", "tenant": "other"}));
     let (page, _) = env.to_callback(&env.request("DEVICE000030").await).await;
     assert_eq!(page.status(), StatusCode::BAD_REQUEST);
-    assert!(page.text().await.unwrap().contains("another tenant"));
+    // The adapter's reason goes to the log (under the page's reference), not to the user.
+    assert!(page.text().await.unwrap().contains("cannot accept"));
     assert!(env.hs.calls().is_empty());
     let sent = env.idp.authorize_requests();
     assert_eq!(
@@ -1661,10 +1691,24 @@ async fn account_management_goes_to_the_configured_page_or_explains() {
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status(), StatusCode::NOT_FOUND);
-    assert!(page.text().await.unwrap().contains("identity provider"));
+    // No page at the IdP is known: the account page explains, and offers mxidp's own page.
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("identity provider"), "{html}");
+    assert!(
+        html.contains("action=org.matrix.cross_signing_reset"),
+        "{html}"
+    );
 
     let with = env_with("account_url = \"https://idp.example.org/account\"").await;
+    // Without an action: a page (not a 404) with the link to the IdP's account page.
+    let landing = with.http.get(with.url("account")).send().await.unwrap();
+    assert_eq!(landing.status(), StatusCode::OK);
+    let html = landing.text().await.unwrap();
+    assert!(
+        html.contains("href=\"https://idp.example.org/account\""),
+        "{html}"
+    );
     for action in [
         "org.matrix.profile",
         "org.matrix.devices_list",
