@@ -205,6 +205,7 @@ pub async fn post(
                 .map_err(|e| RouteError::internal("store consent", &e))?;
             complete(&app, pending).await
         }
+        "switch" => switch_account(&app, &headers, pending).await,
         _ => {
             app.store
                 .delete_pending(&pending.id)
@@ -215,6 +216,65 @@ pub async fn post(
             Ok(to.error("access_denied", "the user denied access"))
         }
     }
+}
+
+/// "Not you? Use another account": the same request of the client starts over at the IdP with
+/// `prompt=login`, so the user can sign in as someone else; this sign-in ends and its IdP
+/// tokens are handed back. The client sees nothing of it but the answer of the new sign-in.
+async fn switch_account(
+    app: &AppState,
+    headers: &HeaderMap,
+    pending: PendingAuthorization,
+) -> Result<Response, RouteError> {
+    let upstream = app.upstream.get().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "Your organisation's sign-in page cannot be reached right now. Try again in a moment."
+                .into(),
+        )
+    })?;
+    let now = now_unix();
+    let verifier = random_token(32);
+    let fresh = PendingAuthorization {
+        id: random_token(16),
+        upstream_state: random_token(24),
+        upstream_nonce: random_token(24),
+        upstream_verifier: verifier.clone(),
+        csrf: random_token(24),
+        stage: AuthorizationStage::AtIdp,
+        login: None,
+        created_at: now,
+        expires_at: now + app.lifetimes.pending_authorization,
+        ..pending.clone()
+    };
+    app.store
+        .add_pending(&fresh)
+        .await
+        .map_err(|e| RouteError::internal("store pending", &e))?;
+    app.store
+        .delete_pending(&pending.id)
+        .await
+        .map_err(|e| RouteError::internal("delete pending", &e))?;
+    if let Some(login) = &pending.login {
+        revoke_sealed_login(app, login).await;
+    }
+    let mut extra = app.provider.authorize_parameters();
+    extra.retain(|(k, _)| k != "prompt");
+    extra.push(("prompt".into(), "login".into()));
+    let url = upstream.authorization_url(&crate::upstream::UpstreamAuthorization {
+        redirect_uri: app.callback_url(),
+        state: fresh.upstream_state.clone(),
+        nonce: fresh.upstream_nonce.clone(),
+        code_challenge: super::authorize::pkce_s256(&verifier),
+        extra,
+    });
+    tracing::info!(client_id = %fresh.client_id, "sign-in started again with another account");
+    // The browser keeps its binding cookie (the new sign-in is bound to the same browser).
+    Ok(
+        super::authorize::BrowserBinding::of(headers, app.secure_cookies())
+            .redirect(url.as_str(), app.secure_cookies()),
+    )
 }
 
 /// The consent-relevant scopes of a sign-in (validated at `/authorize`).

@@ -287,15 +287,26 @@ fn reference(html: &str) -> String {
     html[start..].split('<').next().unwrap().to_owned()
 }
 
+/// The log of this test binary. Global, not a scoped subscriber: tracing caches per call site
+/// whether anyone listens, and tests on other threads would race a thread-local one.
+fn captured_log() -> &'static CapturedLog {
+    static LOG: std::sync::OnceLock<CapturedLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = CapturedLog::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the unit tests");
+        log
+    })
+}
+
 #[tokio::test]
 async fn an_error_pages_reference_is_the_one_in_the_log() {
-    let log = CapturedLog::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    // The test runtime has one thread: the server's task logs into this subscriber too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let log = captured_log();
     let env = env().await;
 
     // A page in plain words (a duplicate parameter), no parser message.
@@ -331,4 +342,48 @@ async fn an_error_pages_reference_is_the_one_in_the_log() {
             .any(|l| l.contains(&format!("error_id={id}")) && l.contains("provision user refused")),
         "{id} not in the log:\n{logged}"
     );
+}
+
+#[tokio::test]
+async fn use_another_account_starts_the_same_request_over_at_the_idp() {
+    let env = env().await;
+    let r = env.request("DEVICE000306").await;
+    let (page, cookie) = env.to_callback(&r).await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Not @alice:example.org?"), "{html}");
+    let old_pending = hidden(&html, "pending");
+    let switch = env.consent_html(&html, &cookie, "switch").await;
+    assert_eq!(switch.status(), StatusCode::SEE_OTHER);
+    let at_idp: Url = location(&switch).parse().unwrap();
+    assert!(at_idp.as_str().starts_with(env.idp.issuer()), "{at_idp}");
+    assert!(at_idp
+        .query_pairs()
+        .any(|(k, v)| k == "prompt" && v == "login"));
+    // The first sign-in is over, and its IdP tokens went back.
+    assert!(env.app.store.pending(&old_pending).await.unwrap().is_none());
+    assert_eq!(env.revoked_at_idp().len(), 1);
+
+    env.idp
+        .set_next_login(json!({"sub": "bob-sub", "preferred_username": "bob"}));
+    let back = env.http.get(at_idp).send().await.unwrap();
+    let answer = env
+        .http
+        .get(location(&back))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let page = env.follow_to_consent(answer, &cookie).await;
+    let done = env.consent(page, &cookie, "allow").await;
+    let to: Url = location(&done).parse().unwrap();
+    let code = to
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let tokens: Value = env.exchange(&r, &code).await.json().await.unwrap();
+    let i = env
+        .introspect(tokens["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(i["username"], "bob", "{i}");
 }

@@ -55,8 +55,8 @@ administrator, so it will not get that.</li>",
 <form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"pending\" value=\"{pending}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <div class=\"actions\"><button class=\"primary\" type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
-<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></div></form>\
-<p class=\"meta\">Not {user}? Deny, sign out at your organisation's sign-in page, and start again from the app.</p>",
+<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></div>\
+<p class=\"meta\">Not {user}? <button class=\"link\" type=\"submit\" name=\"decision\" value=\"switch\">Use another account</button></p></form>",
         logo = client.logo_html(),
         heading = client.heading_html(),
         origin = client.origin_html(),

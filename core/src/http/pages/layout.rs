@@ -41,6 +41,7 @@ border:1px solid var(--border);background:transparent;color:var(--fg);cursor:poi
 display:inline-flex;align-items:center;justify-content:center;text-decoration:none}\
 button.primary,a.button.primary{background:var(--accent);border-color:var(--accent);color:var(--on-accent)}\
 button.danger{background:#b42318;border-color:#b42318;color:#fff}\
+button.link{border:0;padding:0 .25rem;color:var(--accent);text-decoration:underline;font-size:inherit}\
 code{background:var(--code);padding:.1rem .3rem;border-radius:4px}\
 footer.site{display:flex;flex-wrap:wrap;gap:0 1.25rem;font-size:.9rem;color:var(--muted)}\
 footer.site a{display:inline-block;min-height:44px;line-height:44px}\
