@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::browser_flow::{client_redirect, revoke_unused_tokens, same_browser};
+use super::browser_flow::{client_name, client_redirect, revoke_unused_tokens, same_browser};
 use super::{consent, internal, App, AppState};
 use crate::ids::now_unix;
 use crate::signin;
@@ -53,9 +53,13 @@ pub async fn get(
         })?;
     if !same_browser(&app, &headers, &pending) {
         tracing::warn!(pending = %pending.id, "callback from a browser that did not start the sign-in");
-        return Err(page(
+        let name = client_name(&app, &pending).await;
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
             "Sign-in from another browser",
-            "This sign-in was started in another browser (or cookies are blocked). Start again from the application.",
+            format!(
+                "This sign-in to {name} was started in another browser, or this browser blocks cookies. Start again from {name} in this browser."
+            ),
         ));
     }
     if pending.stage == AuthorizationStage::AwaitingConsent && pending.purpose == Purpose::Login {
@@ -64,9 +68,11 @@ pub async fn get(
         return Ok(consent::show_again(&app, &pending));
     }
     if pending.stage != AuthorizationStage::AtIdp {
-        return Err(page(
+        let name = client_name(&app, &pending).await;
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
             "Sign-in already finished",
-            "This sign-in has already been completed.",
+            format!("This sign-in to {name} has already been completed. Go back to {name}."),
         ));
     }
     if pending.purpose == Purpose::CrossSigningReset {

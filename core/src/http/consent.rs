@@ -10,7 +10,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::authorize::see_other;
-use super::browser_flow::{client_redirect, revoke_sealed_login, same_browser};
+use super::browser_flow::{client_name, client_redirect, revoke_sealed_login, same_browser};
 use super::{internal, pages, paths, App, AppState};
 use crate::homeserver::{FieldAction, HomeserverError, ProvisionRequest};
 use crate::ids::{now_unix, random_token, TokenHash};
@@ -91,10 +91,13 @@ pub async fn get(
         .ok_or_else(unknown)?;
     if !same_browser(&app, &headers, &pending) {
         tracing::warn!(pending = %pending.id, "consent page asked for by a browser that did not start the sign-in");
+        let name = client_name(&app, &pending).await;
         return Err(RouteError::Page(
             StatusCode::BAD_REQUEST,
             "Sign-in from another browser",
-            "This sign-in was started in another browser, or this browser blocks cookies.".into(),
+            format!(
+                "This sign-in to {name} was started in another browser, or this browser blocks cookies. Start again from {name} in this browser."
+            ),
         ));
     }
     let client = app
@@ -181,9 +184,10 @@ pub async fn post(
         || !constant_time_eq(form.csrf.as_bytes(), pending.csrf.as_bytes())
     {
         tracing::warn!(pending = %pending.id, "consent form without the sign-in's cookie or CSRF token");
-        return Err(refuse(
-            "This answer did not come from the page this server showed in this browser.",
-        ));
+        let name = client_name(&app, &pending).await;
+        return Err(refuse(&format!(
+            "This answer did not come from the page this server showed in this browser, so {name} was not allowed anything."
+        )));
     }
     let login = pending
         .login

@@ -145,7 +145,13 @@ async fn the_consent_page_can_be_reloaded_until_the_user_answers_and_only_in_its
     // Another browser does not get it.
     let other = get("mxidp_binding=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()).await;
     assert_eq!(other.status(), StatusCode::BAD_REQUEST);
-    assert!(!other.text().await.unwrap().contains("name=\"csrf\""));
+    let html = other.text().await.unwrap();
+    assert!(!html.contains("name=\"csrf\""), "{html}");
+    // The page names the app and says what to do.
+    assert!(
+        html.contains("This sign-in to Test Client was started in another browser"),
+        "{html}"
+    );
     // Answered: the page says so and offers no second answer.
     let page = get(cookie.clone()).await;
     let done = env.consent(page, &cookie, "allow").await;
