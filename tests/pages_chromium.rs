@@ -145,6 +145,16 @@ struct Authorization {
 
 impl Authorization {
     fn new(server: &Server, client_id: &str, device: &str, admin: bool) -> Self {
+        Self::to(
+            server,
+            client_id,
+            device,
+            admin,
+            &format!("https://{CLIENT_HOST}/cb"),
+        )
+    }
+
+    fn to(server: &Server, client_id: &str, device: &str, admin: bool, redirect: &str) -> Self {
         let (verifier, challenge) = support::pkce_pair();
         let mut scope = format!("urn:matrix:client:api:* urn:matrix:client:device:{device}");
         if admin {
@@ -153,7 +163,7 @@ impl Authorization {
         let mut url = Url::parse(&server.url("oauth2/authorize")).unwrap();
         url.query_pairs_mut()
             .append_pair("client_id", client_id)
-            .append_pair("redirect_uri", &format!("https://{CLIENT_HOST}/cb"))
+            .append_pair("redirect_uri", redirect)
             .append_pair("response_type", "code")
             .append_pair("scope", &scope)
             .append_pair("state", "client-state")
@@ -311,6 +321,43 @@ async fn a_long_name_without_spaces_does_not_scroll_sideways_on_a_phone_and_page
         );
         tab.screenshot(&format!("consent-long-name-{width}")).await;
     }
+
+    // A native client at the registration bounds: a 256-character name, a 2 KB client_uri
+    // (shown as text in the "not verified" warning).
+    let r = server
+        .http
+        .post(server.url("oauth2/registration"))
+        .json(&json!({
+            "client_name": "N".repeat(256),
+            "client_uri": format!("https://app.example.test/{}", "a".repeat(2000)),
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "application_type": "native",
+            "token_endpoint_auth_method": "none"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let native = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tab = browser.tab(320, 640, true, CLIENT_HOST).await;
+    let sign_in = Authorization::to(
+        &server,
+        &native,
+        "PHONENATIVE1",
+        false,
+        "http://127.0.0.1:47000/callback",
+    );
+    tab.open(&sign_in.url, &consent).await;
+    assert!(tab.text().await.contains("name not verified"));
+    assert!(
+        !tab.scrolls_sideways().await,
+        "the native client's page is wider than 320 px: {}",
+        tab.eval("document.documentElement.scrollWidth").await
+    );
+    tab.screenshot("consent-native-bounds-320").await;
 
     let tab = browser.tab(390, 844, true, CLIENT_HOST).await;
     tab.call(

@@ -67,7 +67,7 @@ async fn a_native_clients_name_is_marked_not_verified_and_its_claimed_site_is_no
     let html = page.text().await.unwrap();
     assert!(heading(&html).contains("name not verified"), "{html}");
     assert!(html.contains("its name is not verified"), "{html}");
-    assert!(html.contains("https://app.element.io/"));
+    assert!(html.contains("says it comes from <span class=\"claimed\">app.element.io</span>"));
     assert!(!html.contains("href=\"https://app.element.io/"), "{html}");
 }
 

@@ -134,13 +134,16 @@ impl ClientIdentity {
                 out.push_str("</p>");
                 out
             }
-            None => format!(
+            None => {
+                format!(
                 "<p class=\"warning\">This is an app installed on a device, and its name is not \
 verified: it calls itself {} and says it comes from <span class=\"claimed\">{}</span>, but any app \
 can say that. Continue only if you started this sign-in yourself, from an app you trust.</p>",
                 self.name_html(),
-                escape(self.client_uri.as_str())
-            ),
+                // The host only: a claimed path of up to 2 KB would bury the warning.
+                escape(self.client_uri.host_str().unwrap_or(self.client_uri.as_str()))
+            )
+            }
         }
     }
 }
