@@ -285,6 +285,17 @@ async fn reload_and_back_on_the_consent_page_keep_the_sign_in_going() {
     tab.click("button[value=allow]", CLIENT_URL).await;
     let token = sign_in.redeem(&server, &tab.url().await).await;
     assert_eq!(server.introspect(&token).await["active"], true);
+
+    // The cross-signing reset's confirmation page has its own address too.
+    let confirm = server.url("account/confirm?pending=");
+    tab.open(
+        &server.url("account?action=org.matrix.cross_signing_reset"),
+        &confirm,
+    )
+    .await;
+    tab.reload().await;
+    assert!(tab.text().await.contains("Reset my identity"));
+    tab.screenshot("confirm-cross-signing-reset").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,7 +393,7 @@ pub fn router(state: App) -> Router {
         )
         .route(
             &format!("/{}", http::paths::ACCOUNT_CONFIRM),
-            post(http::account::confirm),
+            get(http::account::confirmation).post(http::account::confirm),
         )
         .route(
             &format!("/{}", crate::receivers::paths::BACKCHANNEL_LOGOUT),

@@ -1,6 +1,7 @@
 //! `GET /account` (`account_management_uri`, MSC4191): sends the user to where the action can
 //! be done. Profile and device pages live at the IdP when it has them. A cross-signing reset
 //! re-authenticates the user at the IdP (`prompt=login`, `max_age=0`), shows a confirmation page
+//! at its own address (`GET /account/confirm?pending=…`, reloadable, for that browser only)
 //! that names the action, the Matrix user and the consequence, and only when that page is
 //! submitted (`POST /account/confirm`, a CSRF token bound to the browser that started) opens
 //! Synapse's 10-minute window for replacing the cross-signing keys (docs/synapse-contract.md).
@@ -272,18 +273,77 @@ pub async fn finish_cross_signing_reset(
             &id,
         );
     }
+    // Post/redirect/get, as the consent page: the confirmation has its own address, which
+    // survives a reload, and the IdP's code leaves the address bar.
+    show_confirmation(app, &confirming)
+}
+
+/// Redirects to the confirmation page of a reset waiting for the user's word.
+pub fn show_confirmation(app: &AppState, pending: &PendingAuthorization) -> Response {
+    let mut url = app.url(paths::ACCOUNT_CONFIRM);
+    url.query_pairs_mut().append_pair("pending", &pending.id);
+    see_other(url.as_str())
+}
+
+// No Debug: it names a reset in progress.
+#[derive(Deserialize)]
+pub struct ConfirmQuery {
+    pending: Option<String>,
+}
+
+/// `GET /account/confirm?pending=…`: the confirmation page, for the browser that started the
+/// reset, until it is answered or expires.
+pub async fn confirmation(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let expired = || {
+        pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Confirmation expired",
+            "This confirmation is not valid (expired, already answered, or from another browser). Nothing was changed. Start again from your Matrix app.",
+        )
+    };
+    let id = serde_urlencoded::from_str::<ConfirmQuery>(query.as_deref().unwrap_or(""))
+        .ok()
+        .and_then(|q| q.pending);
+    let Some(id) = id else { return expired() };
+    let pending = match app.store.pending(&id).await {
+        Ok(Some(p))
+            if p.purpose == Purpose::CrossSigningReset
+                && p.stage == AuthorizationStage::AwaitingConsent
+                && p.expires_at >= now_unix()
+                && same_browser(&app, &headers, &p) =>
+        {
+            p
+        }
+        Ok(_) => return expired(),
+        Err(e) => {
+            let id = internal("load reset confirmation", &e);
+            return pages::logged_error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
+            );
+        }
+    };
+    let Some(login) = &pending.login else {
+        return expired();
+    };
     pages::confirm_page(&pages::ConfirmView {
         title: "Reset your cryptographic identity?",
         action_text: "reset the cryptographic identity (cross-signing keys)",
-        user_id: &format!("@{}:{}", identity.localpart, app.homeserver.server_name()),
+        user_id: &login.localpart.user_id(app.homeserver.server_name()),
         consequence:
             "Your Matrix app will then replace your cross-signing keys within 10 minutes. \
 Your other devices and the people you talk to will see a new identity and have to verify you \
 again; encrypted messages you cannot back up may become unreadable. If you did not start this \
 from your own Matrix app, cancel.",
         confirm_label: "Reset my identity",
-        pending_id: &confirming.id,
-        csrf: &confirming.csrf,
+        pending_id: &pending.id,
+        csrf: &pending.csrf,
         action: app.url(paths::ACCOUNT_CONFIRM).as_str(),
     })
 }

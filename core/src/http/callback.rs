@@ -62,10 +62,13 @@ pub async fn get(
             ),
         ));
     }
-    if pending.stage == AuthorizationStage::AwaitingConsent && pending.purpose == Purpose::Login {
+    if pending.stage == AuthorizationStage::AwaitingConsent {
         // This callback URL again (a reload before the redirect landed): the sign-in went on to
-        // its consent page, which is where the user belongs.
-        return Ok(consent::show_again(&app, &pending));
+        // its consent or confirmation page, which is where the user belongs.
+        return Ok(match pending.purpose {
+            Purpose::Login => consent::show_again(&app, &pending),
+            Purpose::CrossSigningReset => super::account::show_confirmation(&app, &pending),
+        });
     }
     if pending.stage != AuthorizationStage::AtIdp {
         let name = client_name(&app, &pending).await;

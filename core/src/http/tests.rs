@@ -262,6 +262,18 @@ impl Env {
         (self.follow_to_consent(answer, &cookie).await, cookie)
     }
 
+    /// Back from the IdP at mxidp's callback, on to the page it redirects to.
+    async fn back_at_mxidp(&self, callback: &str, cookie: &str) -> reqwest::Response {
+        let answer = self
+            .http
+            .get(callback)
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        self.follow_to_consent(answer, cookie).await
+    }
+
     /// The callback redirects (post/redirect/get) to the consent page when one is needed;
     /// anything else (the client's redirect, an error page) is returned as it is.
     async fn follow_to_consent(
@@ -269,12 +281,13 @@ impl Env {
         answer: reqwest::Response,
         cookie: &str,
     ) -> reqwest::Response {
-        let consent = self.url("consent");
+        // The consent page of a sign-in, or the confirmation page of a cross-signing reset.
+        let pages = [self.url("consent"), self.url("account/confirm")];
         let to_consent = answer
             .headers()
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
-            .filter(|l| l.starts_with(consent.as_str()))
+            .filter(|l| pages.iter().any(|p| l.starts_with(p.as_str())))
             .map(str::to_owned);
         match to_consent {
             Some(page) => self
@@ -1372,13 +1385,7 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
         .any(|c| c.starts_with("allow_cross_signing_reset")));
 
     let back = env.http.get(at_idp).send().await.unwrap();
-    let done = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let done = env.back_at_mxidp(&location(&back), &cookie).await;
     // Signed in again: a confirmation page names the action, the account and the consequence;
     // nothing is allowed yet.
     assert_eq!(done.status(), StatusCode::OK);
@@ -1387,6 +1394,22 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
     assert!(page.contains("cryptographic identity"), "{page}");
     assert!(page.contains("@alice:example.org"), "{page}");
     assert!(page.contains("method=\"post\""), "{page}");
+    // The confirmation has its own address: a reload shows it again, to this browser only.
+    let again = env.url(&format!(
+        "account/confirm?pending={}",
+        hidden(&page, "pending")
+    ));
+    let reloaded = env
+        .http
+        .get(again.clone())
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    assert!(reloaded.text().await.unwrap().contains("Reset my identity"));
+    let elsewhere = env.http.get(again).send().await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
     let allowed = || {
         env.hs
             .calls()
@@ -1438,12 +1461,8 @@ async fn a_cancelled_cross_signing_reset_changes_nothing() {
     let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
     let page = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
+        .back_at_mxidp(&location(&back), &cookie)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -1472,13 +1491,7 @@ async fn cross_signing_reset_for_an_unknown_identity_changes_nothing() {
     let env = env().await;
     let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
-    let done = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let done = env.back_at_mxidp(&location(&back), &cookie).await;
     assert_eq!(done.status(), StatusCode::FORBIDDEN);
     assert!(env.hs.calls().is_empty());
 }
@@ -1908,13 +1921,7 @@ async fn cross_signing_reset_needs_proof_of_a_fresh_sign_in() {
         let (start, cookie) = env.start_cross_signing_reset().await;
         env.idp.forge_next_id_token(json!({}), patch);
         let back = env.http.get(location(&start)).send().await.unwrap();
-        let done = env
-            .http
-            .get(location(&back))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
+        let done = env.back_at_mxidp(&location(&back), &cookie).await;
         assert_eq!(done.status(), StatusCode::FORBIDDEN, "{name}");
         assert!(
             !env.hs

@@ -220,13 +220,7 @@ async fn every_page_carries_the_security_headers() {
     assert_page_headers(&account, "account page");
     let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
-    let confirm = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let confirm = env.back_at_mxidp(&location(&back), &cookie).await;
     assert_page_headers(&confirm, "confirmation page");
 }
 
@@ -372,14 +366,7 @@ async fn use_another_account_starts_the_same_request_over_at_the_idp() {
     env.idp
         .set_next_login(json!({"sub": "bob-sub", "preferred_username": "bob"}));
     let back = env.http.get(at_idp).send().await.unwrap();
-    let answer = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    let page = env.follow_to_consent(answer, &cookie).await;
+    let page = env.back_at_mxidp(&location(&back), &cookie).await;
     let done = env.consent(page, &cookie, "allow").await;
     let to: Url = location(&done).parse().unwrap();
     let code = to
