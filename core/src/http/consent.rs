@@ -1,6 +1,8 @@
-//! The consent page (remembered per user, client and scopes, see [`crate::consent`]) and its form: `POST /consent`. The form
-//! counts only with the browser cookie of the sign-in and the CSRF token of the page.
-//! After consent the user is provisioned in the homeserver and the client gets a single-use code.
+//! The consent page and its form. After the IdP callback, a sign-in that no remembered consent
+//! covers (see [`crate::consent`]) is redirected to `GET /consent?pending=…`, shown as often as
+//! the browser that started it asks (docs/pages.md). `POST /consent` counts only with that
+//! browser's cookie and the page's CSRF token. After consent the user is provisioned in the
+//! homeserver and the client gets a single-use code.
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{RawQuery, State};
@@ -44,10 +46,10 @@ pub async fn continue_after_login(
     }
     // Post/redirect/get: the page lives at its own URL, which can be reloaded or come back to
     // (Back), while the IdP's code and state leave the address bar and the history.
-    Ok(see_other(consent_url(app, &pending.id).as_str()))
+    Ok(show_again(app, &pending))
 }
 
-/// Back to the consent page of a sign-in that is waiting for the user's answer.
+/// To the consent page of a sign-in that is waiting for the user's answer.
 pub fn show_again(app: &AppState, pending: &PendingAuthorization) -> Response {
     see_other(consent_url(app, &pending.id).as_str())
 }
