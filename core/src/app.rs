@@ -100,6 +100,10 @@ pub struct AppState {
     pub cache: IntrospectionCache,
     pub mapping: MappingSettings,
     pub lifetimes: Lifetimes,
+    /// Who the pages belong to (`[branding]`).
+    pub branding: crate::branding::Branding,
+    /// When a remembered consent spares the page (`[consent]`).
+    pub consent: crate::consent::ConsentConfig,
     /// Where users manage their account at the IdP, when known.
     pub account_url: Option<Url>,
     pub max_body_bytes: usize,

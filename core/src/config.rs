@@ -37,6 +37,10 @@ pub struct Config {
     /// The JWT-to-introspection shim (docs/jwt-shim.md).
     #[serde(default)]
     pub jwt_shim: crate::jwt_shim::ShimConfig,
+    #[serde(default)]
+    pub consent: crate::consent::ConsentConfig,
+    #[serde(default)]
+    pub branding: crate::branding::BrandingConfig,
     /// Provider adapters' own settings, one table per adapter (`[adapters.keycloak]`), handed
     /// verbatim to the adapter named by `upstream.provider`, which parses and checks them.
     #[serde(default)]
@@ -871,6 +875,19 @@ impl Config {
             );
         }
         self.jwt_shim.check(&self.upstream.issuer, &mut problems);
+        for (key, message) in self.branding.problems() {
+            push(&mut problems, key, message);
+        }
+        if self.consent.native_remember_seconds > crate::consent::MAX_NATIVE_REMEMBER_SECONDS {
+            push(
+                &mut problems,
+                "consent.native_remember_seconds",
+                format!(
+                    "must be at most {}: a native client's identity cannot be verified, so its consent is only remembered for a short while",
+                    crate::consent::MAX_NATIVE_REMEMBER_SECONDS
+                ),
+            );
+        }
         problems
     }
 

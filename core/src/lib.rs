@@ -2,8 +2,10 @@
 
 pub mod app;
 pub mod audit;
+pub mod branding;
 pub mod cache;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod error_reply;
 pub mod events;

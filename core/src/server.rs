@@ -156,6 +156,8 @@ pub fn assemble(
             authorization_code: s.authorization_code_seconds as i64,
             default_access_token: s.default_access_token_seconds as i64,
         },
+        consent: config.consent.clone(),
+        branding: crate::branding::Branding::new(&config.branding, &config.matrix.homeserver),
         account_url: config.upstream.account_url.clone(),
         max_body_bytes: config.http.max_body_bytes,
         receivers: crate::receivers::ReceiverKeys::from_config(config)
@@ -398,7 +400,10 @@ pub fn router(state: App) -> Router {
             get(http::authorize::get).layer(limited(Bucket::Authorization)),
         )
         .route(&format!("/{}", http::paths::CALLBACK), get(http::callback::get))
-        .route(&format!("/{}", http::paths::CONSENT), post(http::consent::post))
+        .route(
+            &format!("/{}", http::paths::CONSENT),
+            get(http::consent::get).post(http::consent::post),
+        )
         .route(&format!("/{}", http::paths::INTROSPECT), post(http::introspect::post))
         .route(
             &format!("/{}", http::paths::ACCOUNT),
@@ -406,7 +411,7 @@ pub fn router(state: App) -> Router {
         )
         .route(
             &format!("/{}", http::paths::ACCOUNT_CONFIRM),
-            post(http::account::confirm),
+            get(http::account::confirmation).post(http::account::confirm),
         )
         .route(
             &format!("/{}", crate::receivers::paths::BACKCHANNEL_LOGOUT),
@@ -426,6 +431,11 @@ pub fn router(state: App) -> Router {
         )
         .route("/health/live", get(http::health::live))
         .route("/health/ready", get(http::health::ready))
+        // Every page into the branded document, with the headers pages carry.
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            http::pages::render,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod chromium;
 pub mod cli;
 pub mod fake_mas;
 pub mod idp;

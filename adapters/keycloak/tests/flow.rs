@@ -169,13 +169,25 @@ impl Env {
             .unwrap()
             .to_owned();
         let back = self.http.get(location(&start)).send().await.unwrap();
-        let answer = self
+        let mut answer = self
             .http
             .get(location(&back))
             .header(COOKIE, &cookie)
             .send()
             .await
             .unwrap();
+        // The callback redirects to the consent page (post/redirect/get).
+        if answer.status() == StatusCode::SEE_OTHER
+            && location(&answer).starts_with(self.url("consent").as_str())
+        {
+            answer = self
+                .http
+                .get(location(&answer))
+                .header(COOKIE, &cookie)
+                .send()
+                .await
+                .unwrap();
+        }
         (answer, cookie, client_id, verifier)
     }
 

@@ -1,6 +1,7 @@
 //! `GET /account` (`account_management_uri`, MSC4191): sends the user to where the action can
 //! be done. Profile and device pages live at the IdP when it has them. A cross-signing reset
 //! re-authenticates the user at the IdP (`prompt=login`, `max_age=0`), shows a confirmation page
+//! at its own address (`GET /account/confirm?pending=…`, reloadable, for that browser only)
 //! that names the action, the Matrix user and the consequence, and only when that page is
 //! submitted (`POST /account/confirm`, a CSRF token bound to the browser that started) opens
 //! Synapse's 10-minute window for replacing the cross-signing keys (docs/synapse-contract.md).
@@ -10,7 +11,7 @@
 //! replace the victim's cryptographic identity within the window. The page tells the victim
 //! what is about to happen, and nothing happens unless they say so from the same browser.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -55,30 +56,77 @@ pub fn parse_action(action: &str) -> Option<AccountAction> {
 pub async fn get(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(q): Query<AccountQuery>,
+    RawQuery(query): RawQuery,
 ) -> Response {
-    let action = q
-        .action
-        .as_deref()
-        .and_then(parse_action)
-        .unwrap_or(AccountAction::Profile);
-    if action == AccountAction::CrossSigningReset {
+    // A query that does not parse is the landing page, not a parser message.
+    let q: AccountQuery =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or(AccountQuery {
+            action: None,
+            device_id: None,
+        });
+    let action = q.action.as_deref().and_then(parse_action);
+    if action == Some(AccountAction::CrossSigningReset) {
         return start_cross_signing_reset(&app, &headers).await;
     }
-    // The configured page wins over the adapter's default.
-    let url = app.account_url.clone().or_else(|| {
+    match action.and_then(|a| account_url(&app, a)) {
+        Some(url) => see_other(url.as_str()),
+        None => account_page(&app),
+    }
+}
+
+/// Where an action is done at the IdP: the configured page wins over the adapter's default.
+fn account_url(app: &AppState, action: AccountAction) -> Option<url::Url> {
+    app.account_url.clone().or_else(|| {
         app.upstream
             .get()
             .and_then(|u| app.provider.account_url(u.metadata(), action))
-    });
-    match url {
-        Some(url) => see_other(url.as_str()),
-        None => pages::error_page(
-            StatusCode::NOT_FOUND,
-            "Account management",
-            "Your account is managed by your organisation's identity provider. Ask your administrator where to change it.",
-        ),
+    })
+}
+
+/// The `account_management_uri` without an action (or one the IdP has no page for): what can
+/// be done where, rather than a dead end.
+fn account_page(app: &AppState) -> Response {
+    let mut idp_links: Vec<(url::Url, &str)> = Vec::new();
+    for (action, label) in [
+        (AccountAction::Profile, "Your profile, name and password"),
+        (AccountAction::DevicesList, "Your devices and sign-ins"),
+    ] {
+        if let Some(url) = account_url(app, action) {
+            if !idp_links.iter().any(|(u, _)| *u == url) {
+                idp_links.push((url, label));
+            }
+        }
     }
+    let idp = if idp_links.is_empty() {
+        "<p>Your account is managed by your organisation's identity provider. Your administrator can tell you where to change your name, password or devices.</p>"
+            .to_owned()
+    } else {
+        let items: String = idp_links
+            .iter()
+            .map(|(url, label)| {
+                format!(
+                    "<li><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></li>",
+                    pages::escape(url.as_str()),
+                    pages::escape(label)
+                )
+            })
+            .collect();
+        format!(
+            "<p>Your account is managed by your organisation's identity provider:</p><ul>{items}</ul>"
+        )
+    };
+    let mut reset = app.url(paths::ACCOUNT);
+    reset
+        .query_pairs_mut()
+        .append_pair("action", "org.matrix.cross_signing_reset");
+    let main = format!(
+        "<h1>Your Matrix account</h1>{idp}\
+<h2>Encryption</h2><p>If you lost every device and your recovery key, you can reset your \
+cryptographic identity. You will sign in again and confirm before anything changes.</p>\
+<p><a href=\"{}\">Reset your cryptographic identity</a></p>",
+        pages::escape(reset.as_str())
+    );
+    pages::page(StatusCode::OK, "Your Matrix account", main)
 }
 
 async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Response {
@@ -119,10 +167,11 @@ async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Respo
     };
     if let Err(e) = app.store.add_pending(&pending).await {
         let id = internal("store pending reset", &e);
-        return pages::error_page(
+        return pages::logged_error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
-            &format!("Reference: {id}"),
+            "A problem on this server stopped this. Nothing was changed.",
+            &id,
         );
     }
     let url = upstream.authorization_url(&UpstreamAuthorization {
@@ -191,10 +240,11 @@ pub async fn finish_cross_signing_reset(
         }
         Err(e) => {
             let id = internal("load identity", &e);
-            return pages::error_page(
+            return pages::logged_error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
-                &format!("Reference: {id}"),
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
             );
         }
     };
@@ -216,24 +266,84 @@ pub async fn finish_cross_signing_reset(
     });
     if let Err(e) = app.store.update_pending(&confirming).await {
         let id = internal("store reset confirmation", &e);
-        return pages::error_page(
+        return pages::logged_error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
-            &format!("Reference: {id}"),
+            "A problem on this server stopped this. Nothing was changed.",
+            &id,
         );
     }
+    // Post/redirect/get, as the consent page: the confirmation has its own address, which
+    // survives a reload, and the IdP's code leaves the address bar.
+    show_confirmation(app, &confirming)
+}
+
+/// Redirects to the confirmation page of a reset waiting for the user's word.
+pub fn show_confirmation(app: &AppState, pending: &PendingAuthorization) -> Response {
+    let mut url = app.url(paths::ACCOUNT_CONFIRM);
+    url.query_pairs_mut().append_pair("pending", &pending.id);
+    see_other(url.as_str())
+}
+
+// No Debug: it names a reset in progress.
+#[derive(Deserialize)]
+pub struct ConfirmQuery {
+    pending: Option<String>,
+}
+
+/// `GET /account/confirm?pending=…`: the confirmation page, for the browser that started the
+/// reset, until it is answered or expires.
+pub async fn confirmation(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let expired = || {
+        pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Confirmation expired",
+            "This confirmation is not valid (expired, already answered, or from another browser). Nothing was changed. Start again from your Matrix app.",
+        )
+    };
+    let id = serde_urlencoded::from_str::<ConfirmQuery>(query.as_deref().unwrap_or(""))
+        .ok()
+        .and_then(|q| q.pending);
+    let Some(id) = id else { return expired() };
+    let pending = match app.store.pending(&id).await {
+        Ok(Some(p))
+            if p.purpose == Purpose::CrossSigningReset
+                && p.stage == AuthorizationStage::AwaitingConsent
+                && p.expires_at >= now_unix()
+                && same_browser(&app, &headers, &p) =>
+        {
+            p
+        }
+        Ok(_) => return expired(),
+        Err(e) => {
+            let id = internal("load reset confirmation", &e);
+            return pages::logged_error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
+            );
+        }
+    };
+    let Some(login) = &pending.login else {
+        return expired();
+    };
     pages::confirm_page(&pages::ConfirmView {
         title: "Reset your cryptographic identity?",
         action_text: "reset the cryptographic identity (cross-signing keys)",
-        user_id: &format!("@{}:{}", identity.localpart, app.homeserver.server_name()),
+        user_id: &login.localpart.user_id(app.homeserver.server_name()),
         consequence:
             "Your Matrix app will then replace your cross-signing keys within 10 minutes. \
 Your other devices and the people you talk to will see a new identity and have to verify you \
 again; encrypted messages you cannot back up may become unreadable. If you did not start this \
 from your own Matrix app, cancel.",
         confirm_label: "Reset my identity",
-        pending_id: &confirming.id,
-        csrf: &confirming.csrf,
+        pending_id: &pending.id,
+        csrf: &pending.csrf,
         action: app.url(paths::ACCOUNT_CONFIRM).as_str(),
     })
 }
@@ -254,7 +364,7 @@ pub struct ConfirmForm {
 pub async fn confirm(
     State(app): State<App>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<ConfirmForm>,
+    form: Result<axum::Form<ConfirmForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let refused = || {
         pages::error_page(
@@ -262,6 +372,9 @@ pub async fn confirm(
             "Not confirmed",
             "This confirmation is not valid (expired, already used, or from another browser). Start again from your Matrix app.",
         )
+    };
+    let Ok(axum::Form(form)) = form else {
+        return refused();
     };
     let pending = match app.store.pending(&form.pending).await {
         Ok(Some(p))
@@ -274,10 +387,11 @@ pub async fn confirm(
         Ok(_) => return refused(),
         Err(e) => {
             let id = internal("load reset confirmation", &e);
-            return pages::error_page(
+            return pages::logged_error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
-                &format!("Reference: {id}"),
+                "A problem on this server stopped this. Nothing was changed.",
+                &id,
             );
         }
     };
@@ -326,10 +440,11 @@ pub async fn confirm(
         }
         Err(e) => {
             let id = internal("allow cross-signing reset", &e);
-            pages::error_page(
+            pages::logged_error_page(
                 StatusCode::BAD_GATEWAY,
-                "Homeserver unavailable",
-                &format!("The reset could not be allowed. Try again in a moment. Reference: {id}"),
+                "Matrix server unavailable",
+                "The reset could not be allowed. Nothing was changed. Try again in a moment.",
+                &id,
             )
         }
     }

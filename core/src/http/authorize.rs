@@ -35,6 +35,8 @@ pub struct AuthorizeQuery {
 pub enum RouteError {
     /// Shown as a page: the client or its redirect URI cannot be trusted.
     Page(StatusCode, &'static str, String),
+    /// A page for an internal failure logged under the reference (the last field).
+    Logged(StatusCode, &'static str, String, String),
     /// Handed back to the client at its (verified) redirect URI.
     Redirect(Box<ClientRedirect>, &'static str, String),
 }
@@ -82,10 +84,11 @@ impl ClientRedirect {
 /// a row anyone can create without signing in.
 pub(crate) async fn check_pending_capacity(app: &AppState, now: i64) -> Result<(), RouteError> {
     let in_progress = app.store.pending_count(now).await.map_err(|e| {
-        RouteError::Page(
+        RouteError::Logged(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error",
-            format!("Reference {}", internal("count pending", &e)),
+            "Something went wrong",
+            "A problem on this server stopped the sign-in.".into(),
+            internal("count pending", &e),
         )
     })?;
     if in_progress >= app.limits.settings().max_pending_authorizations {
@@ -115,6 +118,9 @@ impl IntoResponse for RouteError {
     fn into_response(self) -> Response {
         match self {
             RouteError::Page(status, title, message) => pages::error_page(status, title, &message),
+            RouteError::Logged(status, title, message, reference) => {
+                pages::logged_error_page(status, title, &message, &reference)
+            }
             RouteError::Redirect(to, error, description) => to.error(error, &description),
         }
     }
@@ -129,34 +135,46 @@ pub async fn get(
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
             RouteError::Page(
                 StatusCode::BAD_REQUEST,
-                "Invalid request",
-                format!("The sign-in request is malformed: {e}"),
+                "Invalid sign-in request",
+                // The parser's message (e.g. a duplicate parameter) is for the app's developers.
+                {
+                    tracing::info!(error = %e, "malformed authorization request");
+                    "The app sent a sign-in request this server cannot read.".to_owned()
+                },
             )
         })?;
     let page = |title: &'static str, message: &str| {
         RouteError::Page(StatusCode::BAD_REQUEST, title, message.to_owned())
     };
 
-    let client_id = q
-        .client_id
-        .as_deref()
-        .ok_or_else(|| page("Invalid request", "client_id is missing."))?;
+    let client_id = q.client_id.as_deref().ok_or_else(|| {
+        page(
+            "Invalid sign-in request",
+            "The app did not say which app it is.",
+        )
+    })?;
     let client = app
         .store
         .client(client_id)
         .await
-        .map_err(|e| RouteError::Page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", format!("Reference {}", internal("load client", &e))))?
+        .map_err(|e| RouteError::Logged(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "A problem on this server stopped the sign-in.".into(), internal("load client", &e)))?
         .ok_or_else(|| page("Unknown application", "This application is not registered with this server. Try signing in again from the application."))?;
     let metadata: &ClientMetadata = &client.metadata;
-    let presented = q
-        .redirect_uri
-        .as_deref()
-        .ok_or_else(|| page("Invalid request", "redirect_uri is missing."))?;
+    let presented = q.redirect_uri.as_deref().ok_or_else(|| {
+        page(
+            "Invalid sign-in request",
+            "The app did not say where to send you back.",
+        )
+    })?;
     let redirect_uri =
         redirect_uri_matches(&metadata.redirect_uris, presented).ok_or_else(|| {
-            page(
-                "Invalid redirect",
-                "The redirect URI is not registered for this application.",
+            RouteError::Page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in stopped",
+                format!(
+                    "{} asked to send you back to an address it did not register, so this server will not send you there.",
+                    pages::ClientIdentity::new(metadata, "").short_name()
+                ),
             )
         })?;
     let response_mode = match q.response_mode.as_deref() {
@@ -165,8 +183,8 @@ pub async fn get(
         Some(_) => {
             // Unknown mode: we cannot know how the client wants the error, so show it.
             return Err(page(
-                "Invalid request",
-                "response_mode must be query or fragment.",
+                "Invalid sign-in request",
+                "The app asked for its answer in a form this server does not offer.",
             ));
         }
     };
@@ -265,10 +283,11 @@ pub async fn get(
     };
     check_pending_capacity(&app, now).await?;
     app.store.add_pending(&pending).await.map_err(|e| {
-        RouteError::Page(
+        RouteError::Logged(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error",
-            format!("Reference {}", internal("store pending", &e)),
+            "Something went wrong",
+            "A problem on this server stopped the sign-in.".into(),
+            internal("store pending", &e),
         )
     })?;
     let url = upstream.authorization_url(&UpstreamAuthorization {

@@ -27,6 +27,20 @@ pub fn client_redirect(
     })
 }
 
+/// The client's name as pages show it (shortened), for messages that name the app; "the app"
+/// when it is not known (a cross-signing reset, a registration since deleted).
+pub async fn client_name(app: &AppState, pending: &PendingAuthorization) -> String {
+    if pending.purpose != crate::store::Purpose::Login {
+        return "your Matrix app".into();
+    }
+    match app.store.client(&pending.client_id).await {
+        Ok(Some(client)) => {
+            super::pages::ClientIdentity::new(&client.metadata, &pending.redirect_uri).short_name()
+        }
+        _ => "the app".into(),
+    }
+}
+
 /// Whether the request comes from the browser that started this sign-in.
 pub fn same_browser(app: &AppState, headers: &HeaderMap, pending: &PendingAuthorization) -> bool {
     read_binding(headers, app.secure_cookies()).is_some_and(|cookie| {

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::browser_flow::{client_redirect, revoke_unused_tokens, same_browser};
+use super::browser_flow::{client_name, client_redirect, revoke_unused_tokens, same_browser};
 use super::{consent, internal, App, AppState};
 use crate::ids::now_unix;
 use crate::signin;
@@ -36,7 +36,7 @@ pub async fn get(
     let state = q.state.as_deref().ok_or_else(|| {
         page(
             "Invalid sign-in",
-            "The identity provider's answer has no state.",
+            "The answer from your organisation's sign-in page was incomplete.",
         )
     })?;
     let mut pending = app
@@ -53,15 +53,29 @@ pub async fn get(
         })?;
     if !same_browser(&app, &headers, &pending) {
         tracing::warn!(pending = %pending.id, "callback from a browser that did not start the sign-in");
-        return Err(page(
+        let name = client_name(&app, &pending).await;
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
             "Sign-in from another browser",
-            "This sign-in was started in another browser (or cookies are blocked). Start again from the application.",
+            format!(
+                "This sign-in to {name} was started in another browser, or this browser blocks cookies. Start again from {name} in this browser."
+            ),
         ));
     }
+    if pending.stage == AuthorizationStage::AwaitingConsent {
+        // This callback URL again (a reload before the redirect landed): the sign-in went on to
+        // its consent or confirmation page, which is where the user belongs.
+        return Ok(match pending.purpose {
+            Purpose::Login => consent::show_again(&app, &pending),
+            Purpose::CrossSigningReset => super::account::show_confirmation(&app, &pending),
+        });
+    }
     if pending.stage != AuthorizationStage::AtIdp {
-        return Err(page(
-            "Sign-in already used",
-            "This sign-in has already been completed.",
+        let name = client_name(&app, &pending).await;
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in already finished",
+            format!("This sign-in to {name} has already been completed. Go back to {name}."),
         ));
     }
     if pending.purpose == Purpose::CrossSigningReset {
@@ -90,16 +104,16 @@ pub async fn get(
     let code = q.code.as_deref().ok_or_else(|| {
         page(
             "Invalid sign-in",
-            "The identity provider's answer has no code.",
+            "The answer from your organisation's sign-in page was incomplete.",
         )
     })?;
     let (upstream, tokens, validated) = exchange_and_validate(&app, &pending, code).await?;
     if let Err(reason) = app.provider.validate_claims(&validated.claims) {
-        tracing::warn!(%reason, "ID token refused by the provider adapter");
-        return Err(RouteError::Page(
+        return Err(RouteError::Logged(
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
-            format!("The identity provider's ID token is not valid: {reason}"),
+            "Your organisation's sign-in page sent an answer this server cannot accept.".into(),
+            internal("ID token refused by the provider adapter", &reason),
         ));
     }
     let mut claims = validated.claims.clone();
@@ -207,8 +221,9 @@ async fn exchange_and_validate(
     let upstream = app.upstream.get().ok_or_else(|| {
         RouteError::Page(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Identity provider unavailable",
-            "Try again in a moment.".into(),
+            "Sign-in unavailable",
+            "Your organisation's sign-in page cannot be reached right now. Try again in a moment."
+                .into(),
         )
     })?;
 
@@ -216,31 +231,30 @@ async fn exchange_and_validate(
         .exchange_code(code, &app.callback_url(), &pending.upstream_verifier)
         .await
         .map_err(|e| {
-            RouteError::Page(
+            RouteError::Logged(
                 StatusCode::BAD_GATEWAY,
                 "Sign-in failed",
-                format!(
-                    "The identity provider did not accept the sign-in. Reference: {}",
-                    internal("code exchange", &e)
-                ),
+                "Your organisation's sign-in page did not confirm the sign-in.".into(),
+                internal("code exchange", &e),
             )
         })?;
     let id_token = tokens.id_token.as_ref().ok_or_else(|| {
-        RouteError::Page(
+        RouteError::Logged(
             StatusCode::BAD_GATEWAY,
             "Sign-in failed",
-            "The identity provider returned no ID token.".into(),
+            "Your organisation's sign-in page did not confirm who you are.".into(),
+            internal("code exchange", &"no ID token in the answer"),
         )
     })?;
     let validated = upstream
         .validate_id_token(id_token.expose(), Some(&pending.upstream_nonce))
         .await
         .map_err(|e| {
-            tracing::warn!(error = %e, "ID token refused");
-            RouteError::Page(
+            RouteError::Logged(
                 StatusCode::BAD_REQUEST,
                 "Sign-in failed",
-                format!("The identity provider's ID token is not valid: {e}"),
+                "Your organisation's sign-in page sent an answer this server cannot accept.".into(),
+                internal("ID token refused", &e),
             )
         })?;
     Ok((upstream, tokens, validated))
@@ -257,14 +271,15 @@ async fn reauthenticated(
         return Err(RouteError::Page(
             StatusCode::FORBIDDEN,
             "Sign-in cancelled",
-            "The identity provider did not confirm your sign-in; nothing was changed.".into(),
+            "Your organisation's sign-in page did not confirm your sign-in; nothing was changed."
+                .into(),
         ));
     }
     let code = q.code.as_deref().ok_or_else(|| {
         RouteError::Page(
             StatusCode::BAD_REQUEST,
             "Invalid sign-in",
-            "The identity provider's answer has no code.".into(),
+            "The answer from your organisation's sign-in page was incomplete.".into(),
         )
     })?;
     let (_, tokens, validated) = exchange_and_validate(app, pending, code).await?;

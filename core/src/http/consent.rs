@@ -1,26 +1,29 @@
-//! The consent page (remembered per user and client) and its form: `POST /consent`. The form
-//! counts only with the browser cookie of the sign-in and the CSRF token of the page.
-//! After consent the user is provisioned in the homeserver and the client gets a single-use code.
+//! The consent page and its form. After the IdP callback, a sign-in that no remembered consent
+//! covers (see [`crate::consent`]) is redirected to `GET /consent?pending=…`, shown as often as
+//! the browser that started it asks (docs/pages.md). `POST /consent` counts only with that
+//! browser's cookie and the page's CSRF token. After consent the user is provisioned in the
+//! homeserver and the client gets a single-use code.
 
-use axum::extract::State;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 
 use super::authorize::see_other;
-use super::browser_flow::{client_redirect, revoke_sealed_login, same_browser};
+use super::browser_flow::{client_name, client_redirect, revoke_sealed_login, same_browser};
 use super::{internal, pages, paths, App, AppState};
 use crate::homeserver::{FieldAction, HomeserverError, ProvisionRequest};
 use crate::ids::{now_unix, random_token, TokenHash};
-use crate::registration::ClientMetadata;
 use crate::secret::constant_time_eq;
 use crate::signin::MatrixLogin;
 use crate::store::{AuthorizationStage, PendingAuthorization};
 
 pub use super::pages::PageError as RouteError;
 
-/// After the IdP signed the user in: skip the page when the user already consented to this client.
+/// After the IdP signed the user in: skip the page only when a remembered consent covers this
+/// request (see [`crate::consent`]: the scopes, the admin scope, the client's identity).
 pub async fn continue_after_login(
     app: &AppState,
     pending: PendingAuthorization,
@@ -28,11 +31,76 @@ pub async fn continue_after_login(
 ) -> Result<Response, RouteError> {
     let remembered = app
         .store
-        .has_consent(&login.localpart, &pending.client_id)
+        .consent(&login.localpart, &pending.client_id)
         .await
         .map_err(|e| RouteError::internal("load consent", &e))?;
-    if remembered {
+    let requested = requested_scopes(&pending)?;
+    if crate::consent::covers(
+        remembered.as_ref(),
+        &requested,
+        crate::consent::redirect_identifies_client(&pending.redirect_uri),
+        app.consent.native_remember_seconds,
+        now_unix(),
+    ) {
         return complete(app, pending).await;
+    }
+    // Post/redirect/get: the page lives at its own URL, which can be reloaded or come back to
+    // (Back), while the IdP's code and state leave the address bar and the history.
+    Ok(show_again(app, &pending))
+}
+
+/// To the consent page of a sign-in that is waiting for the user's answer.
+pub fn show_again(app: &AppState, pending: &PendingAuthorization) -> Response {
+    see_other(consent_url(app, &pending.id).as_str())
+}
+
+/// Where the consent page of a sign-in is shown.
+fn consent_url(app: &AppState, pending_id: &str) -> url::Url {
+    let mut url = app.url(paths::CONSENT);
+    url.query_pairs_mut().append_pair("pending", pending_id);
+    url
+}
+
+// No Debug: it names a sign-in in progress.
+#[derive(Deserialize)]
+pub struct ConsentQuery {
+    pending: Option<String>,
+}
+
+/// `GET /consent?pending=…`: the consent page of a sign-in, shown as often as the browser that
+/// started it asks, until the user answers.
+pub async fn get(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, RouteError> {
+    let unknown = || {
+        RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "This sign-in is unknown or has expired.".into(),
+        )
+    };
+    let q: ConsentQuery =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|_| unknown())?;
+    let id = q.pending.ok_or_else(unknown)?;
+    let pending = app
+        .store
+        .pending(&id)
+        .await
+        .map_err(|e| RouteError::internal("load pending", &e))?
+        .filter(|p| p.expires_at >= now_unix() && p.purpose == crate::store::Purpose::Login)
+        .ok_or_else(unknown)?;
+    if !same_browser(&app, &headers, &pending) {
+        tracing::warn!(pending = %pending.id, "consent page asked for by a browser that did not start the sign-in");
+        let name = client_name(&app, &pending).await;
+        return Err(RouteError::Page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in from another browser",
+            format!(
+                "This sign-in to {name} was started in another browser, or this browser blocks cookies. Start again from {name} in this browser."
+            ),
+        ));
     }
     let client = app
         .store
@@ -43,23 +111,38 @@ pub async fn continue_after_login(
             RouteError::Page(
                 StatusCode::BAD_REQUEST,
                 "Unknown application",
-                "The application is no longer registered.".into(),
+                "The app you were signing in to is no longer registered with this server.".into(),
             )
         })?;
-    let metadata: ClientMetadata = client.metadata;
-    let client_uri = metadata.client_uri.to_string();
-    let name = metadata
-        .client_name
-        .clone()
-        .unwrap_or_else(|| client_uri.clone());
+    let identity = pages::ClientIdentity::new(&client.metadata, &pending.redirect_uri);
+    let login = match (&pending.stage, &pending.login) {
+        (AuthorizationStage::AwaitingConsent, Some(login)) => login,
+        (AuthorizationStage::CodeIssued, _) => {
+            return Ok(pages::info_page(
+                "You already answered",
+                &format!(
+                    "You already allowed {} to use your account; it has what it needs. You can close this page.",
+                    identity.short_name()
+                ),
+            ))
+        }
+        _ => return Err(unknown()),
+    };
+    let scope = crate::scope::MatrixScope::parse(&pending.scope)
+        .map_err(|e| RouteError::internal("stored scope", &e))?;
+    let admin = match (scope.admin_requested(), login.admin) {
+        (false, _) => pages::AdminRequest::NotAsked,
+        (true, true) => pages::AdminRequest::Granted,
+        (true, false) => pages::AdminRequest::NotAllowed,
+    };
     Ok(pages::consent_page(&pages::ConsentView {
+        client: &identity,
         pending_id: &pending.id,
         csrf: &pending.csrf,
-        client_name: &name,
-        client_uri: &client_uri,
         user_id: &login.localpart.user_id(app.homeserver.server_name()),
         device_id: pending.device_id.as_str(),
-        admin: login.admin && pending.scope.contains("urn:synapse:admin:*"),
+        admin,
+        email: scope.email_requested(),
         action: app.url(paths::CONSENT).as_str(),
     }))
 }
@@ -75,31 +158,38 @@ pub struct ConsentForm {
 pub async fn post(
     State(app): State<App>,
     headers: HeaderMap,
-    Form(form): Form<ConsentForm>,
+    form: Result<Form<ConsentForm>, FormRejection>,
 ) -> Result<Response, RouteError> {
     let refuse = |msg: &str| {
         RouteError::Page(
             StatusCode::BAD_REQUEST,
-            "Consent not accepted",
+            "Answer not accepted",
             msg.to_owned(),
         )
+    };
+    // The rejection's own text (a parser message) is for developers, not for the user.
+    let Ok(Form(form)) = form else {
+        return Err(refuse("Your answer did not reach this server complete."));
     };
     let pending = app
         .store
         .pending(&form.pending)
         .await
         .map_err(|e| RouteError::internal("load pending", &e))?
-        .filter(|p| p.expires_at >= now_unix() && p.stage == AuthorizationStage::AwaitingConsent)
-        .ok_or_else(|| {
-            refuse("This sign-in is unknown or has expired. Start again from the application.")
-        })?;
+        .filter(|p| {
+            p.expires_at >= now_unix()
+                && p.stage == AuthorizationStage::AwaitingConsent
+                && p.purpose == crate::store::Purpose::Login
+        })
+        .ok_or_else(|| refuse("This sign-in is unknown, was already answered, or has expired."))?;
     if !same_browser(&app, &headers, &pending)
         || !constant_time_eq(form.csrf.as_bytes(), pending.csrf.as_bytes())
     {
         tracing::warn!(pending = %pending.id, "consent form without the sign-in's cookie or CSRF token");
-        return Err(refuse(
-            "This form was not submitted from the page mxidp showed in this browser.",
-        ));
+        let name = client_name(&app, &pending).await;
+        return Err(refuse(&format!(
+            "This answer did not come from the page this server showed in this browser, so {name} was not allowed anything."
+        )));
     }
     let login = pending
         .login
@@ -107,12 +197,21 @@ pub async fn post(
         .ok_or_else(|| refuse("This sign-in is not complete."))?;
     match form.decision.as_str() {
         "allow" => {
+            let previous = app
+                .store
+                .consent(&login.localpart, &pending.client_id)
+                .await
+                .map_err(|e| RouteError::internal("load consent", &e))?
+                .map(|r| r.scopes)
+                .unwrap_or_default();
+            let scopes = crate::consent::to_remember(&previous, &requested_scopes(&pending)?);
             app.store
-                .add_consent(&login.localpart, &pending.client_id, now_unix())
+                .add_consent(&login.localpart, &pending.client_id, &scopes, now_unix())
                 .await
                 .map_err(|e| RouteError::internal("store consent", &e))?;
             complete(&app, pending).await
         }
+        "switch" => switch_account(&app, &headers, pending).await,
         _ => {
             app.store
                 .delete_pending(&pending.id)
@@ -125,6 +224,74 @@ pub async fn post(
     }
 }
 
+/// "Not you? Use another account": the same request of the client starts over at the IdP with
+/// `prompt=login`, so the user can sign in as someone else; this sign-in ends and its IdP
+/// tokens are handed back. The client sees nothing of it but the answer of the new sign-in.
+async fn switch_account(
+    app: &AppState,
+    headers: &HeaderMap,
+    pending: PendingAuthorization,
+) -> Result<Response, RouteError> {
+    let upstream = app.upstream.get().ok_or_else(|| {
+        RouteError::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "Your organisation's sign-in page cannot be reached right now. Try again in a moment."
+                .into(),
+        )
+    })?;
+    let now = now_unix();
+    let verifier = random_token(32);
+    let fresh = PendingAuthorization {
+        id: random_token(16),
+        upstream_state: random_token(24),
+        upstream_nonce: random_token(24),
+        upstream_verifier: verifier.clone(),
+        csrf: random_token(24),
+        stage: AuthorizationStage::AtIdp,
+        login: None,
+        created_at: now,
+        expires_at: now + app.lifetimes.pending_authorization,
+        ..pending.clone()
+    };
+    app.store
+        .add_pending(&fresh)
+        .await
+        .map_err(|e| RouteError::internal("store pending", &e))?;
+    app.store
+        .delete_pending(&pending.id)
+        .await
+        .map_err(|e| RouteError::internal("delete pending", &e))?;
+    if let Some(login) = &pending.login {
+        revoke_sealed_login(app, login).await;
+    }
+    let mut extra = app.provider.authorize_parameters();
+    extra.retain(|(k, _)| k != "prompt");
+    extra.push(("prompt".into(), "login".into()));
+    let url = upstream.authorization_url(&crate::upstream::UpstreamAuthorization {
+        redirect_uri: app.callback_url(),
+        state: fresh.upstream_state.clone(),
+        nonce: fresh.upstream_nonce.clone(),
+        code_challenge: super::authorize::pkce_s256(&verifier),
+        extra,
+    });
+    tracing::info!(client_id = %fresh.client_id, "sign-in started again with another account");
+    // The browser keeps its binding cookie (the new sign-in is bound to the same browser).
+    Ok(
+        super::authorize::BrowserBinding::of(headers, app.secure_cookies())
+            .redirect(url.as_str(), app.secure_cookies()),
+    )
+}
+
+/// The consent-relevant scopes of a sign-in (validated at `/authorize`).
+fn requested_scopes(
+    pending: &PendingAuthorization,
+) -> Result<std::collections::BTreeSet<String>, RouteError> {
+    let scope = crate::scope::MatrixScope::parse(&pending.scope)
+        .map_err(|e| RouteError::internal("stored scope", &e))?;
+    Ok(crate::consent::scopes_of(&scope))
+}
+
 fn client_redirect_for(
     app: &AppState,
     p: &PendingAuthorization,
@@ -133,7 +300,7 @@ fn client_redirect_for(
         RouteError::Page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
-            "Invalid stored redirect.".into(),
+            "This server cannot send you back to the app.".into(),
         )
     })
 }
@@ -169,21 +336,17 @@ async fn provision(app: &AppState, request: &ProvisionRequest) -> Result<(), Rou
     };
     match outcome {
         Ok(_) => Ok(()),
-        Err(e) if refused(&e) => Err(RouteError::Page(
+        Err(e) if refused(&e) => Err(RouteError::Logged(
             StatusCode::FORBIDDEN,
             "Matrix account refused",
-            format!(
-                "The homeserver refused to prepare your Matrix account ({e}). Ask your administrator. Reference: {}",
-                internal("provision user refused", &e)
-            ),
+            "The Matrix server refused to prepare your account. Ask your administrator.".into(),
+            internal("provision user refused", &e),
         )),
-        Err(e) => Err(RouteError::Page(
+        Err(e) => Err(RouteError::Logged(
             StatusCode::BAD_GATEWAY,
-            "Homeserver unavailable",
-            format!(
-                "Your Matrix account could not be prepared. Try again in a moment. Reference: {}",
-                internal("provision user", &e)
-            ),
+            "Matrix server unavailable",
+            "Your Matrix account could not be prepared. Try again in a moment.".into(),
+            internal("provision user", &e),
         )),
     }
 }
@@ -198,7 +361,7 @@ async fn complete(
         RouteError::Page(
             StatusCode::BAD_REQUEST,
             "Sign-in incomplete",
-            "Start again from the application.".into(),
+            "This sign-in did not finish at your organisation's sign-in page.".into(),
         )
     })?;
     let mut request = ProvisionRequest::new(login.localpart.clone());

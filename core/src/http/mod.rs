@@ -13,7 +13,7 @@ pub(crate) mod consent;
 pub(crate) mod health;
 pub(crate) mod introspect;
 pub(crate) mod metadata;
-mod pages;
+pub(crate) mod pages;
 pub(crate) mod registration;
 pub(crate) mod revoke;
 pub(crate) mod token;

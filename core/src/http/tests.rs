@@ -17,6 +17,9 @@ use crate::provider::GenericOidc;
 use crate::store::SqliteStore;
 use crate::upstream::test_idp::{TestIdp, CLIENT_ID, CLIENT_SECRET};
 
+#[path = "tests_pages.rs"]
+mod pages;
+
 const SECRET: &str = "0123456789abcdef0123456789abcdef-synapse";
 const UNSTABLE_API: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
 const STABLE_API: &str = "urn:matrix:client:api:*";
@@ -256,7 +259,46 @@ impl Env {
             .send()
             .await
             .unwrap();
-        (answer, cookie)
+        (self.follow_to_consent(answer, &cookie).await, cookie)
+    }
+
+    /// Back from the IdP at mxidp's callback, on to the page it redirects to.
+    async fn back_at_mxidp(&self, callback: &str, cookie: &str) -> reqwest::Response {
+        let answer = self
+            .http
+            .get(callback)
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        self.follow_to_consent(answer, cookie).await
+    }
+
+    /// The callback redirects (post/redirect/get) to the consent page when one is needed;
+    /// anything else (the client's redirect, an error page) is returned as it is.
+    async fn follow_to_consent(
+        &self,
+        answer: reqwest::Response,
+        cookie: &str,
+    ) -> reqwest::Response {
+        // The consent page of a sign-in, or the confirmation page of a cross-signing reset.
+        let pages = [self.url("consent"), self.url("account/confirm")];
+        let to_consent = answer
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .filter(|l| pages.iter().any(|p| l.starts_with(p.as_str())))
+            .map(str::to_owned);
+        match to_consent {
+            Some(page) => self
+                .http
+                .get(page)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .unwrap(),
+            None => answer,
+        }
     }
 
     /// Answers the consent page; returns the redirect to the client.
@@ -270,6 +312,23 @@ impl Env {
         let html = page.text().await.unwrap();
         let pending = hidden(&html, "pending");
         let csrf = hidden(&html, "csrf");
+        self.http
+            .post(self.url("consent"))
+            .header(COOKIE, cookie)
+            .form(&[
+                ("pending", pending.as_str()),
+                ("csrf", csrf.as_str()),
+                ("decision", decision),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Answers a consent page already read.
+    async fn consent_html(&self, html: &str, cookie: &str, decision: &str) -> reqwest::Response {
+        let pending = hidden(html, "pending");
+        let csrf = hidden(html, "csrf");
         self.http
             .post(self.url("consent"))
             .header(COOKIE, cookie)
@@ -568,6 +627,145 @@ async fn consent_is_remembered_per_user_and_client_and_deny_returns_access_denie
         .any(|d| d.as_str() == "DEVICE000003"));
 }
 
+fn has_admin_scope(introspection: &Value) -> bool {
+    introspection["scope"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "urn:synapse:admin:*")
+}
+
+/// The privilege escalation of issue 17: consent remembered per client let a client that was
+/// once allowed for normal use come back for `urn:synapse:admin:*` and get it without a page.
+#[tokio::test]
+async fn an_approved_client_asking_for_the_admin_scope_is_asked_every_time_and_deny_grants_nothing()
+{
+    let env = env_with("[policy]\nadmin = { claim = \"groups\", value = \"matrix-admins\" }").await;
+    let boss =
+        json!({"sub": "boss-sub", "preferred_username": "boss", "groups": ["matrix-admins"]});
+    env.idp.set_next_login(boss.clone());
+    let r = env.request("DEVICE000101").await;
+    let plain = env.tokens(&r).await;
+    let plain_access = plain["access_token"].as_str().unwrap().to_owned();
+
+    let with_admin = |device: &str| Request {
+        client_id: r.client_id.clone(),
+        redirect_uri: r.redirect_uri.clone(),
+        scope: format!("{} urn:synapse:admin:*", device_scope(device)),
+        verifier: crate::ids::random_token(32),
+        response_mode: None,
+    };
+    // Same client, now asking for the admin scope: the page, with the admin warning.
+    env.idp.set_next_login(boss.clone());
+    let (page, cookie) = env.to_callback(&with_admin("DEVICE000102")).await;
+    assert_eq!(page.status(), StatusCode::OK, "the consent page is shown");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("class=\"warning\""), "{html}");
+    assert!(html.contains("Administer this homeserver"), "{html}");
+    let denied = env.consent_html(&html, &cookie, "deny").await;
+    assert!(location(&denied).contains("error=access_denied"));
+    assert!(!env
+        .hs
+        .devices(&Localpart::parse("boss").unwrap())
+        .iter()
+        .any(|d| d.as_str() == "DEVICE000102"));
+    assert!(!has_admin_scope(&env.introspect(&plain_access).await));
+
+    // Allowing it once does not make it silent: the next admin request asks again.
+    env.idp.set_next_login(boss.clone());
+    let admin = env.tokens(&with_admin("DEVICE000103")).await;
+    assert!(has_admin_scope(
+        &env.introspect(admin["access_token"].as_str().unwrap())
+            .await
+    ));
+    env.idp.set_next_login(boss.clone());
+    let (again, _) = env.to_callback(&with_admin("DEVICE000104")).await;
+    assert_eq!(again.status(), StatusCode::OK, "asked again");
+    // The plain scopes stay remembered.
+    env.idp.set_next_login(boss);
+    let (silent, _) = env
+        .to_callback(&Request {
+            scope: device_scope("DEVICE000105"),
+            ..with_admin("DEVICE000105")
+        })
+        .await;
+    assert_eq!(silent.status(), StatusCode::SEE_OTHER);
+    assert!(location(&silent).contains("code="));
+}
+
+#[tokio::test]
+async fn a_request_for_more_scopes_than_allowed_shows_the_page_again() {
+    let env = env().await;
+    let r = env.request("DEVICE000106").await;
+    env.tokens(&r).await;
+    let more = Request {
+        client_id: r.client_id.clone(),
+        redirect_uri: r.redirect_uri.clone(),
+        scope: format!("{} email", device_scope("DEVICE000107")),
+        verifier: crate::ids::random_token(32),
+        response_mode: None,
+    };
+    let (page, _) = env.to_callback(&more).await;
+    assert_eq!(page.status(), StatusCode::OK, "the consent page is shown");
+}
+
+impl Env {
+    /// A native client with a loopback redirect: its identity cannot be verified.
+    async fn native_request(&self, device: &str) -> Request {
+        let r = self
+            .register(json!({
+                "client_name": "Element",
+                "client_uri": "https://app.element.io/",
+                "redirect_uris": ["http://127.0.0.1/callback"],
+                "application_type": "native",
+                "token_endpoint_auth_method": "none"
+            }))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let client_id = r.json::<Value>().await.unwrap()["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Request {
+            client_id,
+            redirect_uri: "http://127.0.0.1:45678/callback".into(),
+            scope: device_scope(device),
+            verifier: crate::ids::random_token(32),
+            response_mode: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_native_client_is_asked_every_time_unless_a_short_window_is_configured() {
+    let env = env().await;
+    let r = env.native_request("DEVICE000108").await;
+    env.tokens(&r).await;
+    let again = Request {
+        scope: device_scope("DEVICE000109"),
+        verifier: crate::ids::random_token(32),
+        ..r
+    };
+    let (page, _) = env.to_callback(&again).await;
+    assert_eq!(
+        page.status(),
+        StatusCode::OK,
+        "RFC 8252 §8.6: no silent approval"
+    );
+
+    let windowed = env_with("[consent]\nnative_remember_seconds = 600").await;
+    let r = windowed.native_request("DEVICE000110").await;
+    windowed.tokens(&r).await;
+    let again = Request {
+        scope: device_scope("DEVICE000111"),
+        verifier: crate::ids::random_token(32),
+        ..r
+    };
+    let (silent, _) = windowed.to_callback(&again).await;
+    assert_eq!(silent.status(), StatusCode::SEE_OTHER);
+    assert!(location(&silent).contains("code="));
+}
+
 #[tokio::test]
 async fn consent_form_without_the_browser_cookie_is_refused() {
     let env = env().await;
@@ -814,7 +1012,7 @@ async fn bad_id_tokens_are_refused_and_change_nothing() {
         let (answer, _) = env.to_callback(&r).await;
         assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{name}");
         let page = answer.text().await.unwrap();
-        assert!(page.contains("ID token is not valid"), "{name}: {page}");
+        assert!(page.contains("cannot accept"), "{name}: {page}");
     }
     assert!(env.hs.calls().is_empty(), "nothing reached the homeserver");
     assert!(env
@@ -1187,13 +1385,7 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
         .any(|c| c.starts_with("allow_cross_signing_reset")));
 
     let back = env.http.get(at_idp).send().await.unwrap();
-    let done = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let done = env.back_at_mxidp(&location(&back), &cookie).await;
     // Signed in again: a confirmation page names the action, the account and the consequence;
     // nothing is allowed yet.
     assert_eq!(done.status(), StatusCode::OK);
@@ -1202,6 +1394,22 @@ async fn cross_signing_reset_reauthenticates_at_the_idp_then_opens_the_window() 
     assert!(page.contains("cryptographic identity"), "{page}");
     assert!(page.contains("@alice:example.org"), "{page}");
     assert!(page.contains("method=\"post\""), "{page}");
+    // The confirmation has its own address: a reload shows it again, to this browser only.
+    let again = env.url(&format!(
+        "account/confirm?pending={}",
+        hidden(&page, "pending")
+    ));
+    let reloaded = env
+        .http
+        .get(again.clone())
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    assert!(reloaded.text().await.unwrap().contains("Reset my identity"));
+    let elsewhere = env.http.get(again).send().await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
     let allowed = || {
         env.hs
             .calls()
@@ -1253,12 +1461,8 @@ async fn a_cancelled_cross_signing_reset_changes_nothing() {
     let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
     let page = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
+        .back_at_mxidp(&location(&back), &cookie)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -1287,13 +1491,7 @@ async fn cross_signing_reset_for_an_unknown_identity_changes_nothing() {
     let env = env().await;
     let (start, cookie) = env.start_cross_signing_reset().await;
     let back = env.http.get(location(&start)).send().await.unwrap();
-    let done = env
-        .http
-        .get(location(&back))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let done = env.back_at_mxidp(&location(&back), &cookie).await;
     assert_eq!(done.status(), StatusCode::FORBIDDEN);
     assert!(env.hs.calls().is_empty());
 }
@@ -1381,7 +1579,8 @@ async fn adapter_overrides_are_used_by_the_core_flow() {
         .set_next_login(json!({"sub": "eve-sub", "preferred_username": "eve", "tenant": "other"}));
     let (page, _) = env.to_callback(&env.request("DEVICE000030").await).await;
     assert_eq!(page.status(), StatusCode::BAD_REQUEST);
-    assert!(page.text().await.unwrap().contains("another tenant"));
+    // The adapter's reason goes to the log (under the page's reference), not to the user.
+    assert!(page.text().await.unwrap().contains("cannot accept"));
     assert!(env.hs.calls().is_empty());
     let sent = env.idp.authorize_requests();
     assert_eq!(
@@ -1505,10 +1704,24 @@ async fn account_management_goes_to_the_configured_page_or_explains() {
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status(), StatusCode::NOT_FOUND);
-    assert!(page.text().await.unwrap().contains("identity provider"));
+    // No page at the IdP is known: the account page explains, and offers mxidp's own page.
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("identity provider"), "{html}");
+    assert!(
+        html.contains("action=org.matrix.cross_signing_reset"),
+        "{html}"
+    );
 
     let with = env_with("account_url = \"https://idp.example.org/account\"").await;
+    // Without an action: a page (not a 404) with the link to the IdP's account page.
+    let landing = with.http.get(with.url("account")).send().await.unwrap();
+    assert_eq!(landing.status(), StatusCode::OK);
+    let html = landing.text().await.unwrap();
+    assert!(
+        html.contains("href=\"https://idp.example.org/account\""),
+        "{html}"
+    );
     for action in [
         "org.matrix.profile",
         "org.matrix.devices_list",
@@ -1717,13 +1930,7 @@ async fn cross_signing_reset_needs_proof_of_a_fresh_sign_in() {
         let (start, cookie) = env.start_cross_signing_reset().await;
         env.idp.forge_next_id_token(json!({}), patch);
         let back = env.http.get(location(&start)).send().await.unwrap();
-        let done = env
-            .http
-            .get(location(&back))
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
+        let done = env.back_at_mxidp(&location(&back), &cookie).await;
         assert_eq!(done.status(), StatusCode::FORBIDDEN, "{name}");
         assert!(
             !env.hs

@@ -296,12 +296,18 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
         now: i64,
     ) -> Result<(), StoreError>;
 
-    async fn has_consent(&self, localpart: &Localpart, client_id: &str)
-        -> Result<bool, StoreError>;
+    /// What the user allowed this client before, if anything.
+    async fn consent(
+        &self,
+        localpart: &Localpart,
+        client_id: &str,
+    ) -> Result<Option<crate::consent::Remembered>, StoreError>;
+    /// Records (replaces) the user's consent to this client: `scopes` space-separated.
     async fn add_consent(
         &self,
         localpart: &Localpart,
         client_id: &str,
+        scopes: &str,
         now: i64,
     ) -> Result<(), StoreError>;
 

@@ -379,31 +379,39 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn has_consent(
+    async fn consent(
         &self,
         localpart: &Localpart,
         client_id: &str,
-    ) -> Result<bool, StoreError> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM consents WHERE localpart = ? AND client_id = ?")
-                .bind(localpart.as_str())
-                .bind(client_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+    ) -> Result<Option<crate::consent::Remembered>, StoreError> {
+        let row = sqlx::query(
+            "SELECT scopes, granted_at FROM consents WHERE localpart = ? AND client_id = ?",
+        )
+        .bind(localpart.as_str())
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let scopes: String = row.try_get("scopes")?;
+        Ok(Some(crate::consent::Remembered {
+            scopes: crate::consent::parse_stored(&scopes),
+            granted_at: row.try_get("granted_at")?,
+        }))
     }
 
     async fn add_consent(
         &self,
         localpart: &Localpart,
         client_id: &str,
+        scopes: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO consents (localpart, client_id, granted_at) VALUES (?, ?, ?)",
+            "INSERT OR REPLACE INTO consents (localpart, client_id, scopes, granted_at) VALUES (?, ?, ?, ?)",
         )
         .bind(localpart.as_str())
         .bind(client_id)
+        .bind(scopes)
         .bind(now)
         .execute(&self.pool)
         .await?;
