@@ -225,6 +225,8 @@ struct IdpState {
     fail_introspection: bool,
     /// `/revoke` answers 503 (and revokes nothing) while set.
     fail_revocation: bool,
+    /// How long `/revoke` takes to answer (a slow IdP).
+    revocation_delay: Duration,
     introspection_requests: Vec<IntrospectionRequest>,
     /// Header and claims patches for the ID token of the next code exchange.
     next_id_token_patch: Option<(Value, Value)>,
@@ -440,6 +442,11 @@ impl TestIdp {
             .lock()
             .introspection_inactive
             .insert(token.to_owned());
+    }
+
+    /// Makes `/revoke` take this long to answer.
+    pub fn set_revocation_delay(&self, delay: Duration) {
+        self.shared.lock().revocation_delay = delay;
     }
 
     /// Makes `/revoke` answer 503 and revoke nothing (an IdP outage).
@@ -937,6 +944,10 @@ async fn revoke(
             "token is required",
         );
     };
+    let delay = idp.lock().revocation_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = idp.lock();
     if state.fail_revocation {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
