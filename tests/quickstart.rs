@@ -66,10 +66,7 @@ fn the_quickstart_signs_the_demo_user_in_and_ctrl_c_stops_everything() {
 
     // Ctrl-C: the script stops the three servers and exits.
     let pid = child.id().to_string();
-    Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -81,7 +78,11 @@ fn the_quickstart_signs_the_demo_user_in_and_ctrl_c_stops_everything() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(status.code(), Some(130), "exit status of an interrupted run");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status of an interrupted run"
+    );
     let rest: Vec<String> = received.iter().collect();
     assert!(
         rest.iter().any(|l| l.contains("stopping (3 processes)")),
@@ -90,7 +91,10 @@ fn the_quickstart_signs_the_demo_user_in_and_ctrl_c_stops_everything() {
     for port in ports {
         let free_by = Instant::now() + Duration::from_secs(10);
         while !port_is_free(port) {
-            assert!(Instant::now() < free_by, "port {port} still served after Ctrl-C");
+            assert!(
+                Instant::now() < free_by,
+                "port {port} still served after Ctrl-C"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -34,6 +34,9 @@ pub struct Config {
     pub reconciliation: ReconciliationConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Prometheus metrics on their own listener (docs/operations.md).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
     /// The JWT-to-introspection shim (docs/jwt-shim.md).
     #[serde(default)]
     pub jwt_shim: crate::jwt_shim::ShimConfig,

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod jwt;
 pub mod jwt_shim;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod provider;
 pub mod receivers;

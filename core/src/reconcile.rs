@@ -277,15 +277,18 @@ pub fn spawn_reconciliation(
             tokio::time::sleep(jittered(interval)).await;
             let started = std::time::Instant::now();
             match reconcile_round(&app, &settings, crate::ids::now_unix()).await {
-                Ok(r) => tracing::info!(
-                    checked = r.checked,
-                    ended = r.ended,
-                    users = r.users,
-                    errors = r.errors,
-                    idp_requests = r.idp_requests,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "reconciliation round"
-                ),
+                Ok(r) => {
+                    crate::metrics::reconciliation_round(r.users, r.errors);
+                    tracing::info!(
+                        checked = r.checked,
+                        ended = r.ended,
+                        users = r.users,
+                        errors = r.errors,
+                        idp_requests = r.idp_requests,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        "reconciliation round"
+                    )
+                }
                 Err(e) => tracing::warn!(error = %e, "reconciliation round failed"),
             }
         }

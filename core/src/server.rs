@@ -288,6 +288,9 @@ pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
     // Its first round picks up the events accepted before a crash or a stop.
     crate::events::spawn_worker(app.clone());
     crate::jwt_shim::spawn_service_accounts(app.clone());
+    if let Some(listen) = config.metrics.listen {
+        crate::metrics::spawn(app.clone(), listen);
+    }
     // Stops at once for a provider without an event log.
     crate::events::log_stream::spawn(app.clone());
     let r = &config.reconciliation;

@@ -101,6 +101,7 @@ impl EventPipeline {
             .await?;
         Ok(match stored {
             Some(id) => {
+                crate::metrics::event_received(source, received.event.kind(), false);
                 tracing::info!(
                     event_id = id,
                     source,
@@ -120,6 +121,7 @@ impl EventPipeline {
                     .store
                     .count_duplicate(source, &received.dedupe_key, &record, now)
                     .await?;
+                crate::metrics::event_received(source, received.event.kind(), true);
                 tracing::info!(
                     source,
                     kind = received.event.kind(),
@@ -242,6 +244,7 @@ async fn process(
                     &record("event.applied", "ok".into(), serde_json::Value::Null),
                 )
                 .await?;
+            crate::metrics::event_outcome(event.event.kind(), "applied");
             tracing::info!(
                 event_id = event.id,
                 kind = event.event.kind(),
@@ -258,6 +261,7 @@ async fn process(
             store
                 .mark_event_ignored(event.id, &reason, now, &entry)
                 .await?;
+            crate::metrics::event_outcome(event.event.kind(), "ignored");
             tracing::info!(event_id = event.id, kind = event.event.kind(), %reason, "IdP event ignored");
         }
         Err(error) if error.is_transient() => {
@@ -275,6 +279,7 @@ async fn process(
                 store
                     .mark_event_dead(event.id, &reason, now, &entry)
                     .await?;
+                crate::metrics::event_outcome(event.event.kind(), "dead");
                 tracing::error!(event_id = event.id, kind = event.event.kind(), error = %reason, "IdP event dead");
             } else {
                 // The last attempt happens at the deadline rather than after it.
@@ -289,6 +294,7 @@ async fn process(
                 store
                     .mark_event_failed(event.id, &error, next, now, &entry)
                     .await?;
+                crate::metrics::event_outcome(event.event.kind(), "failed");
                 tracing::warn!(event_id = event.id, kind = event.event.kind(), %error, retry_at = next, "IdP event failed, will retry");
             }
         }
@@ -300,6 +306,7 @@ async fn process(
                 serde_json::Value::Null,
             );
             store.mark_event_dead(event.id, &error, now, &entry).await?;
+            crate::metrics::event_outcome(event.event.kind(), "dead");
             tracing::error!(event_id = event.id, kind = event.event.kind(), %error, "IdP event failed for good");
         }
     }

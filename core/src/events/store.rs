@@ -155,6 +155,9 @@ pub trait EventStore: Send + Sync {
         audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
+    /// Events waiting to be applied (pending or failed), and when the oldest was queued.
+    async fn outbox(&self, now: i64) -> Result<(i64, Option<i64>), StoreError>;
+
     /// The subject's status watermark, if a status event was ever applied for it.
     async fn status_watermark(&self, subject: &str) -> Result<Option<StatusWatermark>, StoreError>;
 

@@ -244,6 +244,7 @@ impl SynapseConnection {
         let request = request
             .bearer_auth(self.secret.expose())
             .header(reqwest::header::ACCEPT, "application/json");
+        let started = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, async {
             let mut response = request.send().await.map_err(|e| transport(call, &e))?;
             let status = response.status();
@@ -268,9 +269,13 @@ impl SynapseConnection {
         })?;
         match &answer {
             Ok(answer) => {
+                crate::metrics::homeserver_call(call, started, answer.status.as_u16() < 500);
                 tracing::debug!(call, status = answer.status.as_u16(), "synapse answered")
             }
-            Err(error) => tracing::debug!(call, %error, "synapse call failed"),
+            Err(error) => {
+                crate::metrics::homeserver_call(call, started, false);
+                tracing::debug!(call, %error, "synapse call failed")
+            }
         }
         answer
     }

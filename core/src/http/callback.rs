@@ -30,6 +30,16 @@ pub async fn get(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, RouteError> {
+    let result = callback(app, headers, q).await;
+    match &result {
+        Err(RouteError::Refused(..)) => crate::metrics::signin("refused"),
+        Err(_) => crate::metrics::signin("failed"),
+        Ok(_) => {}
+    }
+    result
+}
+
+async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Response, RouteError> {
     let page = |title: &'static str, msg: &str| {
         RouteError::Page(StatusCode::BAD_REQUEST, title, msg.to_owned())
     };

@@ -218,6 +218,7 @@ pub async fn post(
                 .await
                 .map_err(|e| RouteError::internal("delete pending", &e))?;
             revoke_sealed_login(&app, login).await;
+            crate::metrics::signin("denied");
             let to = client_redirect_for(&app, &pending)?;
             Ok(to.error("access_denied", "the user denied access"))
         }

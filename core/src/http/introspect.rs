@@ -14,9 +14,11 @@ use super::{App, AppState};
 use crate::cache::{ActiveToken, Lookup};
 use crate::ids::{now_unix, TokenHash};
 use crate::jwt_shim::JwtShim;
+use crate::metrics;
 use crate::store::{SessionState, StoreError, TokenKind};
 
 pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let started = std::time::Instant::now();
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -39,9 +41,18 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
     let now = now_unix();
     if let Some(shim) = app.jwt_shim.as_ref().filter(|_| JwtShim::takes(&token)) {
         return match shim.introspect(&app, &token, now).await {
-            Ok(Some(active)) => json_answer(active.answer(now)),
-            Ok(None) => json_answer(INACTIVE.to_owned()),
-            Err(e) => server_error(super::internal("introspection of a JWT", &e)),
+            Ok(Some(active)) => {
+                metrics::introspection("jwt", "active", started);
+                json_answer(active.answer(now))
+            }
+            Ok(None) => {
+                metrics::introspection("jwt", "inactive", started);
+                json_answer(INACTIVE.to_owned())
+            }
+            Err(e) => {
+                metrics::introspection("jwt", "error", started);
+                server_error(super::internal("introspection of a JWT", &e))
+            }
         };
     }
     match introspect_token(&app, &token, now).await {
@@ -50,10 +61,17 @@ pub async fn post(State(app): State<App>, headers: HeaderMap, body: axum::body::
             if let Some(revalidator) = &app.revalidator {
                 revalidator.nudge(&app, &token, &active);
             }
+            metrics::introspection("own", "active", started);
             json_answer(active.answer(now))
         }
-        Ok(None) => json_answer(INACTIVE.to_owned()),
-        Err(e) => server_error(super::internal("introspection", &e)),
+        Ok(None) => {
+            metrics::introspection("own", "inactive", started);
+            json_answer(INACTIVE.to_owned())
+        }
+        Err(e) => {
+            metrics::introspection("own", "error", started);
+            server_error(super::internal("introspection", &e))
+        }
     }
 }
 

@@ -91,12 +91,23 @@ pub async fn post(
     State(app): State<App>,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, RouteError> {
-    match form.grant_type.as_deref() {
-        Some("authorization_code") => authorization_code(&app, form).await,
-        Some("refresh_token") => refresh_token(&app, form).await,
-        None => Err(RouteError::InvalidRequest("grant_type is missing".into())),
-        Some(_) => Err(RouteError::UnsupportedGrantType),
-    }
+    let (grant, result) = match form.grant_type.as_deref() {
+        Some("authorization_code") => {
+            let result = authorization_code(&app, form).await;
+            if result.is_ok() {
+                crate::metrics::signin("completed");
+            }
+            ("authorization_code", result)
+        }
+        Some("refresh_token") => ("refresh_token", refresh_token(&app, form).await),
+        None => (
+            "other",
+            Err(RouteError::InvalidRequest("grant_type is missing".into())),
+        ),
+        Some(_) => ("other", Err(RouteError::UnsupportedGrantType)),
+    };
+    crate::metrics::token_grant(grant, result.is_ok());
+    result
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, RouteError> {

@@ -236,11 +236,15 @@ impl JwtShim {
         }
         match self.first_sight(app, token, now).await? {
             Ok(verdict) => {
+                metrics::counter!("mxidp_jwt_shim_first_sight_total", "outcome" => "accepted")
+                    .increment(1);
                 let active = verdict.active.clone();
                 self.verdicts.insert(hash, verdict, now);
                 Ok(Some(active))
             }
             Err(refusal) => {
+                metrics::counter!("mxidp_jwt_shim_first_sight_total", "outcome" => "refused")
+                    .increment(1);
                 tracing::debug!(reason = %refusal, "JWT refused at introspection");
                 Ok(None)
             }

@@ -243,6 +243,15 @@ impl EventStore for SqliteStore {
         Ok(())
     }
 
+    async fn outbox(&self, _now: i64) -> Result<(i64, Option<i64>), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), MIN(COALESCE(queued_at, received_at)) FROM idp_events \
+             WHERE state IN ('pending', 'failed')",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     async fn status_watermark(&self, subject: &str) -> Result<Option<StatusWatermark>, StoreError> {
         Ok(
             sqlx::query_as(

@@ -184,6 +184,7 @@ impl Upstream {
             .userinfo_endpoint
             .clone()
             .ok_or(UpstreamError::Unsupported("a userinfo endpoint"))?;
+        let started = std::time::Instant::now();
         let response = self
             .http
             .get(endpoint)
@@ -191,8 +192,13 @@ impl Upstream {
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(self.settings.http_timeout)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        crate::metrics::upstream_call(
+            "userinfo",
+            started,
+            response.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
+        );
+        let response = response.map_err(transport)?;
         let status = response.status();
         let is_jwt = response
             .headers()
@@ -259,12 +265,18 @@ impl Upstream {
             ("token_type_hint", hint.as_str().to_owned()),
         ];
         let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let started = std::time::Instant::now();
         let response = request
             .form(&form)
             .timeout(self.settings.http_timeout)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        crate::metrics::upstream_call(
+            "revocation",
+            started,
+            response.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
+        );
+        let response = response.map_err(transport)?;
         let status = response.status();
         let body = read_limited(response).await?;
         if status.is_success() {
@@ -294,13 +306,19 @@ impl Upstream {
             ("token_type_hint", hint.as_str().to_owned()),
         ];
         let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let started = std::time::Instant::now();
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
             .timeout(self.settings.http_timeout)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        crate::metrics::upstream_call(
+            "introspection",
+            started,
+            response.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
+        );
+        let response = response.map_err(transport)?;
         let status = response.status();
         let body = read_limited(response).await?;
         if !status.is_success() {
@@ -322,13 +340,19 @@ impl Upstream {
             &mut form,
             &self.settings,
         );
+        let started = std::time::Instant::now();
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
             .timeout(self.settings.http_timeout)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        crate::metrics::upstream_call(
+            "token",
+            started,
+            response.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
+        );
+        let response = response.map_err(transport)?;
         let status = response.status();
         let body = read_limited(response).await?;
         if !status.is_success() {
