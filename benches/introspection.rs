@@ -267,6 +267,84 @@ async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// `BENCH_ONLY=shim`: the static handler and the two shim scenarios, `BENCH_ROUNDS` (3) times
+/// interleaved, with the median of each (machines shared with other work drift between runs).
+async fn shim_only(smoke: bool, concurrency: usize, seconds: Duration) {
+    let rounds: usize = env_or("BENCH_ROUNDS", if smoke { 1 } else { 3 });
+    let pool: usize = if smoke { 50 } else { 1_000 };
+    let (cached_app, _idp, jwts) = shim_app(pool, 10_000).await;
+    let (first_app, _idp2, first_jwts) = shim_app(pool, 1).await;
+    let shim = serve(mxidp_core::server::router(cached_app)).await;
+    let first = serve(mxidp_core::server::router(first_app)).await;
+    let static_addr = serve(axum::Router::new().route(
+        "/",
+        axum::routing::post(|_body: Bytes| async {
+            ([(header::CONTENT_TYPE, "application/json")], STATIC_BODY)
+        }),
+    ))
+    .await;
+    let fixed = Tokens::Fixed(Arc::new("static".into()));
+    let scenarios = [
+        Scenario {
+            name: "static axum handler",
+            addr: static_addr,
+            path: "/",
+            warm_up: fixed.clone(),
+            measure: fixed,
+            expect: "\"active\":true",
+        },
+        Scenario {
+            name: "JWT shim: cached verdict",
+            addr: shim,
+            path: "/oauth2/introspect",
+            warm_up: jwts.clone(),
+            measure: jwts,
+            expect: "\"active\":true",
+        },
+        Scenario {
+            name: "JWT shim: first sight (RS256 verified every request)",
+            addr: first,
+            path: "/oauth2/introspect",
+            warm_up: first_jwts.clone(),
+            measure: first_jwts,
+            expect: "\"active\":true",
+        },
+    ];
+    println!(
+        "JWT shim benchmark: {rounds} interleaved rounds, {concurrency} connections, {:.1} s per \
+         scenario after {} s warm-up",
+        seconds.as_secs_f64(),
+        WARM_UP.as_secs()
+    );
+    let mut outcomes = Vec::new();
+    for round in 1..=rounds {
+        for scenario in &scenarios {
+            eprintln!("round {round}: {}", scenario.name);
+            outcomes.push(run(scenario, concurrency, seconds).await);
+        }
+    }
+    print_table(&outcomes);
+    println!();
+    let median = |name: &str| {
+        let mut rps: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.name == name)
+            .map(Outcome::rps)
+            .collect();
+        rps.sort_by(|a, b| a.total_cmp(b));
+        (rps[rps.len() / 2], rps[0], rps[rps.len() - 1])
+    };
+    let (ceiling, _, _) = median(scenarios[0].name);
+    for scenario in &scenarios {
+        let (m, min, max) = median(scenario.name);
+        println!(
+            "{:<55} median {m:>8.0} req/s (min {min:.0}, max {max:.0}), {:5.1} % of the static handler's median",
+            scenario.name,
+            100.0 * m / ceiling
+        );
+    }
+}
+
 /// An app with the JWT shim on, trusting a test IdP, with one service account `bench-bot`
 /// provisioned, and `pool` distinct RS256 access tokens of that bot (minted up front: signing
 /// is the IdP's cost, not mxidp's). `cache_entries` bounds the verdicts kept.
@@ -364,6 +442,9 @@ async fn main() {
     let seconds = Duration::from_secs_f64(env_or("BENCH_SECONDS", if smoke { 0.5 } else { 10.0 }));
     assert!(sessions > 0 && concurrency > 0, "nothing to do");
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("shim") {
+        return shim_only(smoke, concurrency, seconds).await;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let db_url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let config_path = dir.path().join("mxidp.toml");

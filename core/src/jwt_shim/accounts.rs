@@ -44,6 +44,7 @@ pub fn spawn_service_accounts(app: App) -> Option<tokio::task::JoinHandle<()>> {
         let Some(shim) = app.jwt_shim.as_ref() else {
             return;
         };
+        shim.first_use.start(app.clone());
         loop {
             let keys_ready = shim.load_keys(&app).await;
             let accounts_ready = shim.provision_accounts(&app).await;
@@ -400,25 +401,29 @@ pub(super) async fn audit_first_use(
     claims: &Map<String, Value>,
 ) {
     let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
-    audit::record(
-        app.store.as_ref(),
-        AuditEntry {
-            actor: format!("client:{}", super::claims::client_id(claims).unwrap_or("")),
-            action: "jwt_shim.token_first_use".into(),
-            target: account.localpart.to_string(),
-            source: "introspection".into(),
-            outcome: "ok".into(),
-            correlation_id: text("jti").to_owned(),
-            details: json!({
-                "issuer": issuer.name(),
-                "subject": text("sub"),
-                "jti": text("jti"),
-                "iat": claims.get("iat"),
-                "exp": claims.get("exp"),
-            }),
-        },
-    )
-    .await;
+    let Some(shim) = app.jwt_shim.as_ref() else {
+        return;
+    };
+    shim.first_use
+        .record(
+            app.store.as_ref(),
+            AuditEntry {
+                actor: format!("client:{}", super::claims::client_id(claims).unwrap_or("")),
+                action: "jwt_shim.token_first_use".into(),
+                target: account.localpart.to_string(),
+                source: "introspection".into(),
+                outcome: "ok".into(),
+                correlation_id: text("jti").to_owned(),
+                details: json!({
+                    "issuer": issuer.name(),
+                    "subject": text("sub"),
+                    "jti": text("jti"),
+                    "iat": claims.get("iat"),
+                    "exp": claims.get("exp"),
+                }),
+            },
+        )
+        .await;
 }
 
 /// A user token with the Matrix scopes, after verification.

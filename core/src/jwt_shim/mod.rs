@@ -11,6 +11,7 @@
 
 mod accounts;
 mod claims;
+mod first_use;
 pub mod settings;
 mod subjects;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub struct JwtShim {
     device_timeout: Duration,
     recheck: Duration,
     http: ShimHttp,
+    first_use: first_use::FirstUseAudit,
 }
 
 /// How the shim fetches other issuers' discovery documents and keys: the upstream's settings.
@@ -207,6 +209,7 @@ impl JwtShim {
             device_timeout: Duration::from_millis(shim.device_timeout_ms),
             recheck: Duration::from_secs(shim.recheck_seconds),
             http,
+            first_use: first_use::FirstUseAudit::new(),
         }))
     }
 
