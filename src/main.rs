@@ -9,6 +9,7 @@ use mxidp_core::config::Config;
 use mxidp_core::provider::{GenericOidc, Provider};
 
 mod clients_cli;
+mod doctor;
 mod events_cli;
 
 #[derive(Parser)]
@@ -44,6 +45,12 @@ enum Command {
     Clients {
         #[command(subcommand)]
         command: clients_cli::ClientsCommand,
+    },
+    /// Live checks of a deployment (IdP, client credentials, Synapse, public base, clock,
+    /// encryption key), one line each; exit status 0 only when all pass.
+    Doctor {
+        #[arg(long, short, env = "MXIDP_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// The audit log: export for a SIEM, check the hash chain.
     Audit {
@@ -119,6 +126,21 @@ fn main() -> std::process::ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check(config),
+        Command::Doctor { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mxidp: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            if runtime.block_on(doctor::run(&config)) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
         Command::Events { command } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(events_cli::run(command)) {
