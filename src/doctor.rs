@@ -98,7 +98,7 @@ async fn idp(config: &Config, http: &reqwest::Client, report: &mut Report) {
                 .headers()
                 .get(reqwest::header::DATE)
                 .and_then(|d| d.to_str().ok())
-                .and_then(|d| httpdate(d))
+                .and_then(httpdate)
             {
                 let now = SystemTime::now();
                 let skew = match now.duration_since(date) {
