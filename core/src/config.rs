@@ -150,6 +150,10 @@ pub struct UpstreamConfig {
     pub revalidation: Option<Revalidation>,
     #[serde(default = "default_revalidation_cache")]
     pub revalidation_cache_seconds: u64,
+    /// At most this many introspection calls a minute for re-validation (unset: the adapter's
+    /// default; Okta's is 150). A 429 from the IdP pauses them until its reset time either way.
+    #[serde(default)]
+    pub revalidation_max_per_minute: Option<u32>,
 }
 
 impl UpstreamConfig {

@@ -171,6 +171,13 @@ pub trait Provider: Send + Sync {
         Revalidation::Session
     }
 
+    /// Introspection calls re-validation may make per minute when
+    /// `upstream.revalidation_max_per_minute` is not set (`None`: no limit). An IdP whose
+    /// introspection shares a rate-limited bucket with sign-ins says so here.
+    fn revalidation_budget_per_minute(&self) -> Option<u32> {
+        None
+    }
+
     /// The `aud` the IdP puts in the JWT access tokens it issues to mxidp, when it is not
     /// mxidp's client id (Auth0's API audience). `jwt` re-validation accepts a token whose `aud`
     /// holds mxidp's client id, this value, or whose `azp` is mxidp's client id.

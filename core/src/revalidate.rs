@@ -54,6 +54,18 @@ pub struct Revalidator {
     cache_for: Duration,
     mode: Revalidation,
     entries: Mutex<HashMap<TokenHash, Entry>>,
+    /// Introspection calls allowed per minute (`None`: no limit). An IdP whose introspection is
+    /// rate-limited (Okta shares one bucket with every `/oauth2` call) keeps room for sign-ins.
+    budget: Option<u32>,
+    pace: Mutex<Pace>,
+}
+
+/// The introspection calls of the current minute, and a pause the IdP asked for (429).
+#[derive(Debug)]
+struct Pace {
+    window_start: Instant,
+    calls: u32,
+    paused_until: Option<Instant>,
 }
 
 impl Revalidator {
@@ -67,7 +79,51 @@ impl Revalidator {
             cache_for,
             mode,
             entries: Mutex::new(HashMap::new()),
+            budget: None,
+            pace: Mutex::new(Pace {
+                window_start: Instant::now(),
+                calls: 0,
+                paused_until: None,
+            }),
         }
+    }
+
+    /// The same with at most `per_minute` introspection calls a minute.
+    pub fn with_budget(mut self, per_minute: Option<u32>) -> Self {
+        self.budget = per_minute.filter(|n| *n > 0);
+        self
+    }
+
+    /// Takes one introspection call from the budget at `now`: false while the IdP asked to
+    /// pause (429) or the minute's calls are spent. The token is then simply not judged this
+    /// time; a later introspection by Synapse nudges it again.
+    fn take_call(&self, now: Instant) -> bool {
+        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+        if pace.paused_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        if now.duration_since(pace.window_start) >= Duration::from_secs(60) {
+            pace.window_start = now;
+            pace.calls = 0;
+        }
+        if self.budget.is_some_and(|budget| pace.calls >= budget) {
+            return false;
+        }
+        pace.calls += 1;
+        true
+    }
+
+    /// The IdP answered 429: no introspection until it says (a minute when it did not).
+    fn pause(&self, retry_after: Option<Duration>) {
+        let wait = retry_after.unwrap_or(Duration::from_secs(60));
+        tracing::warn!(
+            wait_s = wait.as_secs(),
+            "revalidation: the IdP's rate limit is reached; pausing introspection"
+        );
+        self.pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paused_until = Some(Instant::now() + wait);
     }
 
     /// Claims the check of `hash`: true when no check is in flight and the last verdict is
@@ -110,6 +166,14 @@ impl Revalidator {
         }
         let hash = TokenHash::of(token);
         if !self.claim(hash) {
+            return false;
+        }
+        if self.mode == Revalidation::Introspect && !self.take_call(Instant::now()) {
+            // Not judged now: forget the claim so that a later nudge may try.
+            self.entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
             return false;
         }
         let app = app.clone();
@@ -218,6 +282,12 @@ async fn check(app: &App, session_id: &str) {
                 tracing::warn!(
                     "upstream.revalidation = \"introspect\" but the IdP offers no {what}; tokens are not re-validated"
                 );
+            }
+            return;
+        }
+        Err(UpstreamError::RateLimited { retry_after }) => {
+            if let Some(revalidator) = &app.revalidator {
+                revalidator.pause(retry_after);
             }
             return;
         }
@@ -363,5 +433,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         // …for the cache period only.
         assert!(r.claim(a));
+    }
+
+    #[test]
+    fn the_budget_allows_so_many_calls_a_minute_and_a_429_pauses_them() {
+        let revalidator = Revalidator::new(Duration::from_secs(60)).with_budget(Some(2));
+        let start = Instant::now();
+        assert!(revalidator.take_call(start));
+        assert!(revalidator.take_call(start + Duration::from_secs(1)));
+        assert!(
+            !revalidator.take_call(start + Duration::from_secs(2)),
+            "spent"
+        );
+        assert!(
+            revalidator.take_call(start + Duration::from_secs(61)),
+            "a new minute"
+        );
+        revalidator.pause(Some(Duration::from_secs(30)));
+        let paused = Instant::now();
+        assert!(!revalidator.take_call(paused + Duration::from_secs(29)));
+        assert!(revalidator.take_call(paused + Duration::from_secs(31)));
+        // Without a budget only the pause limits.
+        let open = Revalidator::new(Duration::from_secs(60)).with_budget(None);
+        assert!((0..1_000).all(|_| open.take_call(start)));
     }
 }

@@ -180,6 +180,12 @@ fn revalidator(config: &Config, provider: &dyn Provider) -> Option<crate::revali
             Duration::from_secs(config.upstream.revalidation_cache_seconds),
             mode,
         )
+        .with_budget(
+            config
+                .upstream
+                .revalidation_max_per_minute
+                .or_else(|| provider.revalidation_budget_per_minute()),
+        )
     })
 }
 

@@ -267,6 +267,13 @@ impl Provider for Okta {
         }
     }
 
+    /// Okta's `/introspect` shares a per-minute bucket with every `/oauth2` call of the org
+    /// (historically 300 to 2,000 a minute, half of it per client by default): re-validation,
+    /// when an operator turns it to `introspect`, keeps well inside the smallest.
+    fn revalidation_budget_per_minute(&self) -> Option<u32> {
+        Some(150)
+    }
+
     fn access_token_audience(&self) -> Option<String> {
         match self.server {
             AuthorizationServer::Custom { .. } => Some(self.audience.clone()),

@@ -2648,3 +2648,41 @@ async fn a_session_ended_by_a_crash_before_revocation_is_revoked_by_the_next_rou
     );
     assert_eq!(env.revoked_at_idp(), vec![idp_refresh.unwrap()]);
 }
+
+#[tokio::test]
+async fn introspect_revalidation_keeps_to_its_budget_and_pauses_on_the_idps_429() {
+    let env = env_with(
+        "revalidation = \"introspect\"\nrevalidation_cache_seconds = 1\nrevalidation_max_per_minute = 2",
+    )
+    .await;
+    let mut accesses = Vec::new();
+    for device in ["DEVICE000051", "DEVICE000052", "DEVICE000053"] {
+        let tokens = env.tokens(&env.request(device).await).await;
+        accesses.push(tokens["access_token"].as_str().unwrap().to_owned());
+    }
+    let asked = || env.idp.introspection_requests().len();
+    for access in &accesses {
+        assert_eq!(env.introspect(access).await["active"], true);
+    }
+    assert!(until_with_pipeline(&env, || async { asked() == 2 }).await);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(asked(), 2, "the third token waits for the next minute");
+
+    // A 429 with Okta's reset header: nothing more is asked until then, whatever the budget.
+    let env = env_with("revalidation = \"introspect\"\nrevalidation_cache_seconds = 1").await;
+    let tokens = env.tokens(&env.request("DEVICE000054").await).await;
+    let first = tokens["access_token"].as_str().unwrap().to_owned();
+    let tokens = env.tokens(&env.request("DEVICE000055").await).await;
+    let second = tokens["access_token"].as_str().unwrap().to_owned();
+    env.idp
+        .rate_limit_introspection(Some(crate::ids::now_unix() + 120));
+    assert_eq!(env.introspect(&first).await["active"], true);
+    let asked = || env.idp.introspection_requests().len();
+    assert!(until_with_pipeline(&env, || async { asked() == 1 }).await);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(env.introspect(&second).await["active"], true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(asked(), 1, "paused until the IdP's reset");
+    // A rate limit is no verdict: both sessions stay.
+    assert_eq!(env.introspect(&first).await["active"], true);
+}

@@ -320,6 +320,11 @@ impl Upstream {
         );
         let response = response.map_err(transport)?;
         let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(UpstreamError::RateLimited {
+                retry_after: super::http::retry_after(response.headers()),
+            });
+        }
         let body = read_limited(response).await?;
         if !status.is_success() {
             return Err(error_from_response(status, &body));

@@ -106,3 +106,19 @@ pub(crate) fn error_from_response(status: reqwest::StatusCode, body: &[u8]) -> U
         Err(_) => UpstreamError::Protocol(format!("HTTP {status} without an OAuth error body")),
     }
 }
+
+/// How long a 429 asks to wait: `Retry-After` in seconds (RFC 9110 §10.2.3), or Okta's
+/// `X-Rate-Limit-Reset` (the Unix time the window resets). At most an hour.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let seconds = number("retry-after")
+        .or_else(|| number("x-rate-limit-reset").map(|reset| reset - crate::ids::now_unix()))?;
+    Some(std::time::Duration::from_secs(
+        seconds.clamp(1, 3_600) as u64
+    ))
+}

@@ -110,6 +110,12 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("the IdP does not offer {0}")]
     Unsupported(&'static str),
+    /// HTTP 429: the IdP's rate limit; `retry_after` from `Retry-After` or Okta's
+    /// `X-Rate-Limit-Reset`, when it said.
+    #[error("the IdP's rate limit is reached")]
+    RateLimited {
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("the ID token is invalid: {0}")]
     IdToken(#[from] IdTokenError),
 }

@@ -225,6 +225,8 @@ struct IdpState {
     fail_introspection: bool,
     /// `/revoke` answers 503 (and revokes nothing) while set.
     fail_revocation: bool,
+    /// `/introspect` answers 429 with this `X-Rate-Limit-Reset` (Unix time) while set.
+    introspection_rate_limited: Option<i64>,
     /// How long `/revoke` takes to answer (a slow IdP).
     revocation_delay: Duration,
     introspection_requests: Vec<IntrospectionRequest>,
@@ -442,6 +444,11 @@ impl TestIdp {
             .lock()
             .introspection_inactive
             .insert(token.to_owned());
+    }
+
+    /// Makes `/introspect` answer 429 with Okta's `X-Rate-Limit-Reset: reset` (None: normal).
+    pub fn rate_limit_introspection(&self, reset: Option<i64>) {
+        self.shared.lock().introspection_rate_limited = reset;
     }
 
     /// Makes `/revoke` take this long to answer.
@@ -986,6 +993,18 @@ async fn introspect(
     });
     if state.fail_introspection {
         return (StatusCode::SERVICE_UNAVAILABLE, "try again later").into_response();
+    }
+    if let Some(reset) = state.introspection_rate_limited {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                ("x-rate-limit-limit", "300".to_owned()),
+                ("x-rate-limit-remaining", "0".to_owned()),
+                ("x-rate-limit-reset", reset.to_string()),
+            ],
+            "rate limit exceeded",
+        )
+            .into_response();
     }
     let login = state
         .refresh_tokens
