@@ -41,6 +41,7 @@ use url::Url;
 pub mod event_hook;
 pub mod log_event;
 pub mod management;
+pub mod service_app;
 pub mod system_log;
 pub mod users;
 
@@ -73,7 +74,15 @@ pub struct OktaConfig {
     pub api_token: Option<SecretString>,
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
-    /// Read the System Log when an API token is set (default true).
+    /// Or an API service app (scopes `okta.users.read okta.logs.read`, `private_key_jwt`): its
+    /// client id, its RSA private key (PEM file) and the key's id at Okta.
+    #[serde(default)]
+    pub service_app_client_id: Option<String>,
+    #[serde(default)]
+    pub service_app_private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub service_app_key_id: Option<String>,
+    /// Read the System Log when the management API is set up (default true).
     #[serde(default)]
     pub system_log: Option<bool>,
     /// Seconds between System Log reads once caught up (default 60; Okta suggests 60–300).
@@ -178,8 +187,50 @@ impl Okta {
             }
             (Ok(_), None) => None,
         };
-        let api = api_token.and_then(|token| {
-            ManagementApi::new(org, token, config.upstream_timeout())
+        let service_app = match (
+            &settings.service_app_client_id,
+            &settings.service_app_private_key_file,
+        ) {
+            (None, None) => None,
+            (Some(client_id), Some(path)) => std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|pem| {
+                    service_app::ServiceApp::new(
+                        client_id.clone(),
+                        &pem,
+                        settings.service_app_key_id.clone(),
+                    )
+                })
+                .map_err(|message| {
+                    problems.push(Problem {
+                        key: "adapters.okta.service_app_private_key_file".into(),
+                        message,
+                    })
+                })
+                .ok(),
+            _ => {
+                problems.push(Problem {
+                    key: "adapters.okta.service_app_client_id".into(),
+                    message: "set both service_app_client_id and service_app_private_key_file"
+                        .into(),
+                });
+                None
+            }
+        };
+        let credential = match (api_token, service_app) {
+            (Some(_), Some(_)) => {
+                problems.push(Problem {
+                    key: "adapters.okta.api_token".into(),
+                    message: "set an API token or a service app, not both".into(),
+                });
+                None
+            }
+            (Some(token), None) => Some(management::Credential::ApiToken(token)),
+            (None, Some(app)) => Some(management::Credential::ServiceApp(app)),
+            (None, None) => None,
+        };
+        let api = credential.and_then(|credential| {
+            ManagementApi::new(org, credential, config.upstream_timeout())
                 .map_err(|message| {
                     problems.push(Problem {
                         key: "adapters.okta.api_token".into(),

@@ -1,6 +1,6 @@
-//! Okta's management API, read-only, with an API token (`Authorization: SSWS <token>`): the
-//! Users API ([`crate::users`]) and the System Log ([`crate::system_log`]). Answers carry Okta's
-//! rate-limit headers, which the callers honour.
+//! Okta's management API, read-only, with an API token (`Authorization: SSWS <token>`) or an
+//! API service app ([`crate::service_app`]): the Users API ([`crate::users`]) and the System Log
+//! ([`crate::system_log`]). Answers carry Okta's rate-limit headers, which the callers honour.
 
 use std::time::Duration;
 
@@ -17,8 +17,17 @@ pub struct ManagementApi {
     /// The org URL (`https://acme.okta.com/`): management paths hang off it, whichever
     /// authorization server signs users in.
     org: Url,
-    token: SecretString,
+    credential: Credential,
     http: reqwest::Client,
+}
+
+/// How the adapter authenticates to the management API.
+#[derive(Debug)]
+pub enum Credential {
+    /// An admin's API token: `Authorization: SSWS <token>`.
+    ApiToken(SecretString),
+    /// An API service app with `private_key_jwt` (Okta's recommendation over API tokens).
+    ServiceApp(crate::service_app::ServiceApp),
 }
 
 /// An answer: status, headers and the body (bounded).
@@ -29,9 +38,13 @@ pub struct Answer {
 }
 
 impl ManagementApi {
-    pub fn new(org: Url, token: SecretString, timeout: Duration) -> Result<Self, String> {
+    pub fn new(org: Url, credential: Credential, timeout: Duration) -> Result<Self, String> {
         let http = mxidp_core::outbound::client(timeout).map_err(|e| e.to_string())?;
-        Ok(Self { org, token, http })
+        Ok(Self {
+            org,
+            credential,
+            http,
+        })
     }
 
     pub fn org(&self) -> &Url {
@@ -41,13 +54,14 @@ impl ManagementApi {
     /// `GET` a URL under the org (built by the caller from fixed paths and checked ids).
     pub async fn get(&self, url: Url) -> Result<Answer, UpstreamError> {
         debug_assert_eq!(url.origin(), self.org.origin());
+        let authorization = match &self.credential {
+            Credential::ApiToken(token) => format!("SSWS {}", token.expose()),
+            Credential::ServiceApp(app) => app.authorization(&self.http, &self.org).await?,
+        };
         let mut answer = self
             .http
             .get(url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                format!("SSWS {}", self.token.expose()),
-            )
+            .header(reqwest::header::AUTHORIZATION, authorization)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

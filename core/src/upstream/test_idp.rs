@@ -147,6 +147,11 @@ impl TestKey {
     }
 }
 
+/// The test RSA private key as PEM (PKCS#8): what a client signs its assertions with in tests.
+pub fn rsa_private_key_pem() -> &'static str {
+    RSA_PRIVATE_PEM
+}
+
 /// The test RSA public key as PEM: the "secret" of an HS256 algorithm-confusion forgery.
 pub fn rsa_public_key_pem() -> &'static str {
     RSA_PUBLIC_PEM
