@@ -427,8 +427,10 @@ fn default_set_max_age() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconciliationConfig {
+    /// Unset: the adapter's default (on for ZITADEL, whose event deliveries are never retried;
+    /// off otherwise). See [`ReconciliationConfig::is_enabled`].
     #[serde(default)]
-    pub enabled: bool,
+    pub enabled: Option<bool>,
     /// Time between two rounds (jittered by up to 10 %).
     #[serde(default = "default_reconcile_interval")]
     pub interval_seconds: u64,
@@ -440,10 +442,18 @@ pub struct ReconciliationConfig {
     pub max_requests_per_second: u32,
 }
 
+impl ReconciliationConfig {
+    /// `enabled`, or the provider adapter's default when it is not set.
+    pub fn is_enabled(&self, provider: &dyn crate::provider::Provider) -> bool {
+        self.enabled
+            .unwrap_or_else(|| provider.default_reconciliation())
+    }
+}
+
 impl Default for ReconciliationConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             interval_seconds: default_reconcile_interval(),
             batch_size: default_reconcile_batch(),
             max_requests_per_second: default_reconcile_rate(),
@@ -858,7 +868,8 @@ impl Config {
             );
         }
         let r = &self.reconciliation;
-        if r.enabled
+        // Checked unless switched off: an adapter may turn it on by default.
+        if r.enabled != Some(false)
             && (r.interval_seconds < 60 || r.batch_size == 0 || r.max_requests_per_second == 0)
         {
             push(

@@ -283,7 +283,9 @@ pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::Joi
 /// Starts everything that runs beside the HTTP server: IdP discovery, pruning, the event
 /// worker and reconciliation (when enabled). `serve` and the end-to-end tests both use it.
 pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
-    spawn_discovery(app.clone(), upstream_settings(config)?);
+    let mut settings = upstream_settings(config)?;
+    settings.scopes.extend(app.provider.scopes());
+    spawn_discovery(app.clone(), settings);
     spawn_pruning(app.clone());
     // Its first round picks up the events accepted before a crash or a stop.
     crate::events::spawn_worker(app.clone());
