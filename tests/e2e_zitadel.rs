@@ -534,3 +534,64 @@ async fn a_dropped_webhook_is_caught_by_reconciliation_on_by_default() {
     until_refused(&stack, &s[1].access_token, Duration::from_secs(5)).await;
     whoami_ok(&stack, &s[2].access_token).await;
 }
+
+/// mxidp's own app authenticates with `private_key_jwt` (ZITADEL's JSON key file): the code
+/// exchange, introspection (audience-bound: the token was issued to mxidp's app) and revocation
+/// all carry a signed assertion, and no secret exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_signs_in_introspects_and_revokes_without_a_secret() {
+    use mxidp_core::upstream::TokenTypeHint;
+    let stack = Stack::zitadel_with(vec![ZUser::new("oda")], true).await;
+    let oda = RawClient::sign_in(&stack, "oda", &browser::client()).await;
+    whoami_ok(&stack, &oda.access_token).await;
+    assert!(stack
+        .idp
+        .requests()
+        .iter()
+        .any(|r| r == "POST /oauth/v2/token authorization_code"));
+    // Introspection with mxidp's client: the double answers only an authenticated caller in the
+    // token's audience.
+    let upstream = stack.app().upstream.get().expect("discovered");
+    let sessions = stack
+        .app()
+        .store
+        .active_sessions_of_subject(&stack.app().mapping.upstream_id, &stack.idp.user_id("oda"))
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+    let access = stack
+        .app()
+        .sealer
+        .open_secret(sessions[0].sealed_access_token.as_deref().unwrap())
+        .unwrap();
+    let access = access.expose();
+    assert!(
+        upstream
+            .introspect(access, TokenTypeHint::AccessToken)
+            .await
+            .unwrap()
+            .active
+    );
+    // Without a valid assertion ZITADEL answers 401, which is an error, never "inactive".
+    let plain = reqwest::Client::new()
+        .post(format!("{}oauth/v2/introspect", stack.idp.issuer()))
+        .form(&[
+            ("token", access),
+            ("client_id", support::zitadel::KEY_CLIENT_ID),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    upstream
+        .revoke(access, TokenTypeHint::AccessToken)
+        .await
+        .unwrap();
+    assert!(
+        !upstream
+            .introspect(access, TokenTypeHint::AccessToken)
+            .await
+            .unwrap()
+            .active
+    );
+}

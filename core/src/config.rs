@@ -119,6 +119,12 @@ pub struct UpstreamConfig {
     pub client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub auth_method: crate::upstream::ClientAuthMethod,
+    /// `private_key_jwt`: mxidp's private key, PEM (RSA or EC P-256) or ZITADEL's JSON key
+    /// file; `client_key_id` is the `kid` (a ZITADEL key file names its own).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_id: Option<String>,
     #[serde(default = "default_scopes", deserialize_with = "words")]
     pub scopes: Vec<String>,
     #[serde(default = "default_algorithms", deserialize_with = "words")]
@@ -767,12 +773,19 @@ impl Config {
                 "each scope is one non-empty word".into(),
             );
         }
+        if up.auth_method == crate::upstream::ClientAuthMethod::PrivateKeyJwt {
+            if let Err(p) = self.client_key() {
+                problems.push(p);
+            }
+        }
         let secret = secret_from(
             "upstream.client_secret",
             &up.client_secret,
             &up.client_secret_file,
         );
         match secret {
+            // No secret is needed with a key.
+            Err(_) if up.auth_method == crate::upstream::ClientAuthMethod::PrivateKeyJwt => {}
             Ok(s) if s.is_empty() => problems.push(Problem {
                 key: "upstream.client_secret".into(),
                 message: "must not be empty".into(),
@@ -916,6 +929,23 @@ impl Config {
             &self.upstream.client_secret,
             &self.upstream.client_secret_file,
         )
+    }
+
+    /// The `private_key_jwt` key, read from `upstream.client_key_file`.
+    pub fn client_key(&self) -> Result<crate::upstream::ClientKey, Problem> {
+        let problem = |message: String| Problem {
+            key: "upstream.client_key_file".into(),
+            message,
+        };
+        let path = self
+            .upstream
+            .client_key_file
+            .as_ref()
+            .ok_or_else(|| problem("required with auth_method = \"private_key_jwt\"".into()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        crate::upstream::ClientKey::parse(&text, self.upstream.client_key_id.clone())
+            .map_err(problem)
     }
 
     pub fn encryption_key(&self) -> Result<SecretString, Problem> {

@@ -76,12 +76,22 @@ pub async fn verify_encryption_key(store: &dyn Store, sealer: &Sealer) -> Result
 }
 
 pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError> {
+    use crate::upstream::ClientAuthMethod;
     let up = &config.upstream;
     Ok(UpstreamSettings {
         issuer: up.issuer.clone(),
         client_id: up.client_id.clone(),
-        client_secret: config.client_secret().map_err(BuildError::Problem)?,
+        client_secret: match up.auth_method {
+            ClientAuthMethod::PrivateKeyJwt => config.client_secret().unwrap_or_default(),
+            _ => config.client_secret().map_err(BuildError::Problem)?,
+        },
         auth_method: up.auth_method,
+        client_key: match up.auth_method {
+            ClientAuthMethod::PrivateKeyJwt => Some(std::sync::Arc::new(
+                config.client_key().map_err(BuildError::Problem)?,
+            )),
+            _ => None,
+        },
         scopes: up.scopes.clone(),
         allowed_algorithms: up
             .allowed_algorithms

@@ -58,6 +58,8 @@ pub const ADMIN_ROLE: &str = "matrix-admin";
 /// The Actions v2 target's signing key and the service user's personal access token.
 pub const SIGNING_KEY: &str = "zitadel-target-signing-key-98KmsU67";
 pub const SERVICE_USER_TOKEN: &str = "zitadel-double-service-user-pat";
+/// The app that authenticates with `private_key_jwt`.
+pub const KEY_CLIENT_ID: &str = "336512204935659523@mxidp";
 /// The instance admin's token the setup script uses.
 pub const ADMIN_TOKEN: &str = "zitadel-double-iam-owner-pat";
 
@@ -143,6 +145,8 @@ pub enum Delivery {
 #[derive(Debug, Clone)]
 struct Client {
     secret: String,
+    /// The public key of a `private_key_jwt` app (PEM).
+    public_key: Option<String>,
     redirect_uris: Vec<String>,
     back_channel_logout_uri: Option<String>,
 }
@@ -240,6 +244,7 @@ impl ZitadelDouble {
                     client_id.to_owned(),
                     Client {
                         secret: client_secret.to_owned(),
+                        public_key: None,
                         redirect_uris: Vec::new(),
                         back_channel_logout_uri: None,
                     },
@@ -294,6 +299,20 @@ impl ZitadelDouble {
         let c = i.clients.get_mut(client_id).unwrap();
         c.redirect_uris.push(redirect_uri.to_string());
         c.back_channel_logout_uri = Some(logout_uri.to_string());
+    }
+
+    /// An app authenticating with `private_key_jwt` (its public key), as a key added to an
+    /// app in the Console.
+    pub fn add_key_client(&self, client_id: &str, public_pem: &str, redirect_uri: Url) {
+        self.instance().clients.insert(
+            client_id.to_owned(),
+            Client {
+                secret: random_string(64),
+                public_key: Some(public_pem.to_owned()),
+                redirect_uris: vec![redirect_uri.to_string()],
+                back_channel_logout_uri: None,
+            },
+        );
     }
 
     /// An Actions v2 target (REST webhook, JSON) with executions on these event types, as an
@@ -724,6 +743,31 @@ async fn login(
     Redirect::to(to.as_str()).into_response()
 }
 
+/// The authenticated client: `client_secret_basic`, or `private_key_jwt` as ZITADEL checks it
+/// (`iss` = `sub` = the client id, `aud` holds the issuer, signed with the app's key).
+fn client_auth(
+    s: &Shared,
+    i: &Instance,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<String> {
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return basic_client(i, headers);
+    }
+    let assertion = form.get("client_assertion")?;
+    let kid_client = form.get("client_id")?;
+    let public = i.clients.get(kid_client)?.public_key.as_ref()?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[&s.issuer]);
+    v.set_issuer(&[kid_client]);
+    v.sub = Some(kid_client.clone());
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).ok()?;
+    jsonwebtoken::decode::<Value>(assertion, &key, &v).ok()?;
+    Some(kid_client.clone())
+}
+
 fn basic_client(i: &Instance, headers: &HeaderMap) -> Option<String> {
     let basic = headers
         .get(header::AUTHORIZATION)?
@@ -805,7 +849,7 @@ async fn token(
     let grant_type = f.get("grant_type").cloned().unwrap_or_default();
     record(&s, format!("POST /oauth/v2/token {grant_type}"));
     let mut i = s.instance.lock().unwrap();
-    let Some(client_id) = basic_client(&i, &headers) else {
+    let Some(client_id) = client_auth(&s, &i, &headers, &f) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -939,7 +983,7 @@ async fn introspect(
 ) -> Response {
     record(&s, "POST /oauth/v2/introspect".into());
     let i = s.instance.lock().unwrap();
-    let Some(caller) = basic_client(&i, &headers) else {
+    let Some(caller) = client_auth(&s, &i, &headers, &f) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -974,7 +1018,7 @@ async fn revoke(
 ) -> Response {
     record(&s, "POST /oauth/v2/revoke".into());
     let mut i = s.instance.lock().unwrap();
-    let Some(caller) = basic_client(&i, &headers) else {
+    let Some(caller) = client_auth(&s, &i, &headers, &f) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -1125,6 +1169,7 @@ async fn create_app(
         client_id.clone(),
         Client {
             secret: secret.clone(),
+            public_key: None,
             redirect_uris,
             back_channel_logout_uri: body["backChannelLogoutUri"].as_str().map(str::to_owned),
         },
@@ -1213,6 +1258,12 @@ impl super::stack::Stack<ZitadelDouble> {
     /// project role `matrix-admin`. Reconciliation is left at the adapter's default (on, every
     /// hour): the tests run rounds themselves.
     pub async fn zitadel(users: Vec<ZUser>) -> Self {
+        Self::zitadel_with(users, false).await
+    }
+
+    /// The same, with mxidp's app authenticating with `private_key_jwt` (client
+    /// `mxidp-key`, ZITADEL's JSON key file) instead of a secret.
+    pub async fn zitadel_with(users: Vec<ZUser>, private_key_jwt: bool) -> Self {
         use super::stack::{CLIENT_ID, CLIENT_SECRET};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mxidp: Url = format!("http://{}/", listener.local_addr().unwrap())
@@ -1229,6 +1280,30 @@ impl super::stack::Stack<ZitadelDouble> {
             SIGNING_KEY,
             mxidp_zitadel::actions::EVENT_TYPES,
         );
+        let client = if private_key_jwt {
+            idp.add_key_client(
+                KEY_CLIENT_ID,
+                include_str!("keys/zitadel-app-key-ec-p256.pub.pem"),
+                mxidp.join("upstream/callback").unwrap(),
+            );
+            // As the Console downloads it.
+            let file =
+                std::env::temp_dir().join(format!("mxidp-zitadel-key-{}.json", random_string(12)));
+            std::fs::write(
+                &file,
+                json!({"type": "application", "keyId": random_digits(18),
+                    "key": include_str!("keys/zitadel-app-key-ec-p256.pem"),
+                    "appId": random_digits(18), "clientId": KEY_CLIENT_ID})
+                .to_string(),
+            )
+            .unwrap();
+            format!(
+                "client_id = \"{KEY_CLIENT_ID}\"\nauth_method = \"private_key_jwt\"\nclient_key_file = \"{}\"",
+                file.display()
+            )
+        } else {
+            format!("client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"")
+        };
         let issuer = idp.issuer();
         Self::assemble(
             idp,
@@ -1238,8 +1313,7 @@ impl super::stack::Stack<ZitadelDouble> {
                 r#"[upstream]
 issuer = "{issuer}"
 provider = "zitadel"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
+{client}
 scopes = ["openid", "profile", "email", "offline_access"]
 [adapters.zitadel]
 organization_id = "{ACME_ORG}"

@@ -258,7 +258,12 @@ impl Upstream {
             ("token", token.to_owned()),
             ("token_type_hint", hint.as_str().to_owned()),
         ];
-        let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let request = authenticate(
+            self.http.post(endpoint.clone()),
+            (&self.metadata.issuer, &endpoint),
+            &mut form,
+            &self.settings,
+        );
         let response = request
             .form(&form)
             .timeout(self.settings.http_timeout)
@@ -293,7 +298,12 @@ impl Upstream {
             ("token", token.to_owned()),
             ("token_type_hint", hint.as_str().to_owned()),
         ];
-        let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let request = authenticate(
+            self.http.post(endpoint.clone()),
+            (&self.metadata.issuer, &endpoint),
+            &mut form,
+            &self.settings,
+        );
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
@@ -319,6 +329,7 @@ impl Upstream {
     ) -> Result<UpstreamTokens, UpstreamError> {
         let request = authenticate(
             self.http.post(self.metadata.token_endpoint.clone()),
+            (&self.metadata.issuer, &self.metadata.token_endpoint),
             &mut form,
             &self.settings,
         );
@@ -762,6 +773,7 @@ mod tests {
                 match method {
                     ClientAuthMethod::ClientSecretBasic => ClientAuthUsed::Basic,
                     ClientAuthMethod::ClientSecretPost => ClientAuthUsed::Post,
+                    ClientAuthMethod::PrivateKeyJwt => unreachable!("not in this loop"),
                 }
             );
 
