@@ -595,3 +595,128 @@ async fn private_key_jwt_signs_in_introspects_and_revokes_without_a_secret() {
             .active
     );
 }
+
+/// `deploy/zitadel/setup.sh` against the double: the project and roles, the OIDC app with
+/// back-channel logout, the service user with its token and role, the Actions v2 target and its
+/// executions; the secrets go to files, never to the output, and work where they are used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_script_creates_the_project_app_service_user_target_and_executions() {
+    let stack = Stack::zitadel(vec![ZUser::new("pia")]).await;
+    let script = support::repo_root().join("deploy/zitadel/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env(
+            "ZITADEL_URL",
+            stack.idp.issuer().as_str().trim_end_matches('/'),
+        )
+        .env("ZITADEL_TOKEN", support::zitadel::ADMIN_TOKEN)
+        .env("MXIDP_URL", stack.mxidp.as_str().trim_end_matches('/'))
+        .env("SECRETS_DIR", dir.path())
+        .output()
+        .await
+        .expect("bash runs the script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let created = stack.idp.created();
+    let paths: Vec<&str> = created.iter().map(|(p, _)| p.as_str()).collect();
+    let project = support::zitadel::PROJECT_ID;
+    let mut expected = vec![
+        "POST /management/v1/projects".to_owned(),
+        format!("POST /management/v1/projects/{project}/roles/_bulk"),
+        format!("POST /management/v1/projects/{project}/apps/oidc"),
+        "POST /management/v1/users/machine".into(),
+        "POST /management/v1/orgs/me/members".into(),
+    ];
+    let pat_path = paths[5].to_owned();
+    assert!(pat_path.ends_with("/pats"), "{paths:?}");
+    expected.push(pat_path);
+    expected.push("POST /v2/actions/targets".into());
+    expected.extend(std::iter::repeat_n(
+        "PUT /v2/actions/executions".to_owned(),
+        7,
+    ));
+    assert_eq!(paths, expected);
+    assert_eq!(created[0].1["projectRoleAssertion"], true);
+    let roles: Vec<&str> = created[1].1["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    assert!(roles.contains(&ADMIN_ROLE));
+    let app = &created[2].1;
+    assert_eq!(
+        app["redirectUris"][0],
+        stack.mxidp.join("upstream/callback").unwrap().as_str()
+    );
+    assert_eq!(
+        app["backChannelLogoutUri"],
+        stack
+            .mxidp
+            .join("upstream/backchannel-logout")
+            .unwrap()
+            .as_str()
+    );
+    assert_eq!(created[4].1["roles"][0], "ORG_USER_MANAGER");
+    // The target points at mxidp's webhook; one execution per event mxidp maps (the legacy
+    // `user.password.changed` aside).
+    let (targets, conditions) = stack.idp.actions();
+    let (endpoint, signing_key) = targets.last().unwrap();
+    assert_eq!(endpoint, &stack.mxidp.join("upstream/webhook").unwrap());
+    let events: Vec<&str> = conditions
+        .iter()
+        .skip(mxidp_zitadel::actions::EVENT_TYPES.len())
+        .filter_map(|c| c["event"]["event"].as_str())
+        .collect();
+    for event in [
+        "user.deactivated",
+        "user.locked",
+        "user.removed",
+        "session.terminated",
+    ] {
+        assert!(events.contains(&event), "{event} in {events:?}");
+    }
+    // Secrets are in their files, not in the output; each works where mxidp uses it.
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(&read("signing_key"), signing_key);
+    let (client_secret, token) = (read("client_secret"), read("service_user_token"));
+    for secret in [
+        &client_secret,
+        &token,
+        signing_key,
+        &support::zitadel::ADMIN_TOKEN.to_owned(),
+    ] {
+        assert!(!stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()));
+    }
+    let client_id = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client_id = \""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no client_id in {stdout}"));
+    let answer = reqwest::Client::new()
+        .post(format!("{}oauth/v2/token", stack.idp.issuer()))
+        .basic_auth(client_id, Some(&client_secret))
+        .form(&[("grant_type", "authorization_code"), ("code", "none")])
+        .send()
+        .await
+        .unwrap();
+    // Authenticated (the code is what fails), so the id and secret are a pair.
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let api = mxidp_zitadel::UserApi::new(
+        &stack.idp.issuer(),
+        mxidp_core::secret::SecretString::new(token),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        api.user_status(&stack.idp.user_id("pia")).await.unwrap(),
+        mxidp_core::provider::UserStatus::Active
+    );
+}

@@ -197,6 +197,8 @@ struct Instance {
     /// Status of every back-channel logout sent.
     logouts: Vec<u16>,
     ignore_org_scope: bool,
+    /// Personal access tokens created through the management API (service users).
+    pats: Vec<String>,
     /// Bodies the management API received, as ("METHOD path", body).
     created: Vec<(String, Value)>,
     requests: Vec<String>,
@@ -266,6 +268,9 @@ impl ZitadelDouble {
             .route("/management/v1/projects", post(create_project))
             .route("/management/v1/projects/{id}/roles/_bulk", post(add_roles))
             .route("/management/v1/projects/{id}/apps/oidc", post(create_app))
+            .route("/management/v1/users/machine", post(create_machine_user))
+            .route("/management/v1/users/{id}/pats", post(create_pat))
+            .route("/management/v1/orgs/me/members", post(add_org_member))
             .route("/v2/actions/targets", post(create_target))
             .route("/v2/actions/executions", put(set_execution))
             .with_state(shared.clone());
@@ -1055,14 +1060,17 @@ async fn user(
     Path(id): Path<String>,
 ) -> Response {
     record(&s, format!("GET /v2/users/{id}"));
-    if !bearer_is(&headers, SERVICE_USER_TOKEN) {
+    let i = s.instance.lock().unwrap();
+    let known = std::iter::once(SERVICE_USER_TOKEN)
+        .chain(i.pats.iter().map(String::as_str))
+        .any(|t| bearer_is(&headers, t));
+    if !known {
         return api_error(
             StatusCode::UNAUTHORIZED,
             16,
             "Errors.Token.Invalid (AUTH-7fs1e)",
         );
     }
-    let i = s.instance.lock().unwrap();
     match i.users.iter().find(|u| u.id == id && u.state != REMOVED) {
         None => api_error(
             StatusCode::NOT_FOUND,
@@ -1180,6 +1188,64 @@ async fn create_app(
         "details": {"sequence": "3", "resourceOwner": ACME_ORG}, "noneCompliant": false}),
     )
     .into_response()
+}
+
+async fn create_machine_user(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&s, "POST /management/v1/users/machine".into());
+    if let Some(refused) = admin(&headers) {
+        return refused;
+    }
+    if body["userName"].as_str().is_none_or(str::is_empty) || body["name"].as_str().is_none() {
+        return api_error(StatusCode::BAD_REQUEST, 3, "invalid AddMachineUserRequest");
+    }
+    let mut i = s.instance.lock().unwrap();
+    i.created
+        .push(("POST /management/v1/users/machine".into(), body));
+    Json(json!({"userId": random_digits(18), "details": {"sequence": "4", "resourceOwner": ACME_ORG}}))
+        .into_response()
+}
+
+async fn create_pat(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let what = format!("POST /management/v1/users/{id}/pats");
+    record(&s, what.clone());
+    if let Some(refused) = admin(&headers) {
+        return refused;
+    }
+    let token = random_string(64);
+    let mut i = s.instance.lock().unwrap();
+    i.pats.push(token.clone());
+    i.created.push((what, Value::Null));
+    Json(json!({"tokenId": random_digits(18), "token": token,
+        "details": {"sequence": "5", "resourceOwner": ACME_ORG}}))
+    .into_response()
+}
+
+async fn add_org_member(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&s, "POST /management/v1/orgs/me/members".into());
+    if let Some(refused) = admin(&headers) {
+        return refused;
+    }
+    if body["userId"].as_str().is_none() || !body["roles"].is_array() {
+        return api_error(StatusCode::BAD_REQUEST, 3, "invalid AddOrgMemberRequest");
+    }
+    s.instance
+        .lock()
+        .unwrap()
+        .created
+        .push(("POST /management/v1/orgs/me/members".into(), body));
+    Json(json!({"details": {"sequence": "6", "resourceOwner": ACME_ORG}})).into_response()
 }
 
 async fn create_target(
