@@ -1085,6 +1085,64 @@ client_secret = "s3cret"
     }
 
     #[test]
+    fn private_key_jwt_needs_a_readable_key_and_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        // A P-256 key generated for these tests only.
+        std::fs::write(
+            &key,
+            include_str!("../../tests/support/keys/zitadel-app-key-ec-p256.pem"),
+        )
+        .unwrap();
+        let with = |lines: &str| {
+            parse(&GOOD.replace(
+                "client_secret = \"s3cret\"",
+                &format!("auth_method = \"private_key_jwt\"\n{lines}"),
+            ))
+        };
+        let c = with(&format!(
+            "client_key_file = {:?}",
+            key.display().to_string()
+        ));
+        assert_eq!(c.check(), vec![]);
+        assert!(c.client_key().is_ok());
+        let keys = |c: Config| -> Vec<String> { c.check().into_iter().map(|p| p.key).collect() };
+        assert_eq!(keys(with("")), vec!["upstream.client_key_file"]);
+        let missing = dir.path().join("nothing.pem");
+        assert_eq!(
+            keys(with(&format!(
+                "client_key_file = {:?}",
+                missing.display().to_string()
+            ))),
+            vec!["upstream.client_key_file"]
+        );
+        // Without the method, a secret is still required.
+        assert_eq!(
+            keys(parse(&GOOD.replace("client_secret = \"s3cret\"", ""))),
+            vec!["upstream.client_secret"]
+        );
+    }
+
+    #[test]
+    fn reconciliation_follows_the_adapter_unless_set() {
+        struct Eager;
+        impl crate::provider::Provider for Eager {
+            fn default_reconciliation(&self) -> bool {
+                true
+            }
+        }
+        let generic = crate::provider::GenericOidc;
+        let unset = parse(GOOD).reconciliation;
+        assert_eq!(unset.enabled, None);
+        assert!(!unset.is_enabled(&generic));
+        assert!(unset.is_enabled(&Eager));
+        let off = parse(&format!("{GOOD}\n[reconciliation]\nenabled = false\n")).reconciliation;
+        assert!(!off.is_enabled(&Eager));
+        let on = parse(&format!("{GOOD}\n[reconciliation]\nenabled = true\n")).reconciliation;
+        assert!(on.is_enabled(&generic));
+    }
+
+    #[test]
     fn revalidation_modes() {
         assert_eq!(parse(GOOD).upstream.revalidation, None);
         let with = |extra: &str| {
