@@ -227,6 +227,47 @@ fn dedupe_key(delivery: &Delivery, body: &[u8]) -> String {
     }
 }
 
+/// A delivery signed with the right key, `data` as its body: the parser on any bytes never
+/// panics (smoke-fuzzed below from the real payloads).
+#[cfg(test)]
+fn fuzz_delivery(data: &[u8]) {
+    use axum::http::{HeaderMap, HeaderValue};
+    let now = 1_757_062_536;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        SIGNATURE_HEADER,
+        HeaderValue::from_str(&signature_header("fuzz-key", now, data)).unwrap(),
+    );
+    let _ = parse(
+        &SecretString::new("fuzz-key"),
+        &WebhookRequest {
+            headers: &headers,
+            body: data,
+        },
+        now,
+    );
+}
+
+#[cfg(test)]
+mod fuzz_smoke {
+    #[test]
+    fn the_delivery_parser_survives_real_payloads_and_seeded_mutations() {
+        let corpus: Vec<Vec<u8>> = vec![
+            include_bytes!("../tests/fixtures/actions-v2-event-user.human.added.base64-payload.json").to_vec(),
+            include_bytes!("../tests/fixtures/actions-v2-event-user.human.added.object-payload.json").to_vec(),
+            include_bytes!("../tests/fixtures/actions-v2-event-user.human.email.code.added.empty-payload-bug-v4.1.json").to_vec(),
+            br#"{"aggregateID":"1","aggregateType":"session","event_type":"session.terminated","created_at":"2025-09-05T10:00:10Z","sequence":2}"#.to_vec(),
+        ];
+        let ran = mxidp_core::fuzz_targets::smoke(
+            "zitadel_actions",
+            super::fuzz_delivery,
+            &corpus,
+            std::time::Duration::from_secs(2),
+        );
+        assert!(ran > corpus.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
