@@ -660,6 +660,36 @@ async fn the_setup_script_creates_the_project_app_service_user_target_and_execut
             .as_str()
     );
     assert_eq!(created[4].1["roles"][0], "ORG_USER_MANAGER");
+    // The Actions v2 bodies have the shape of ZITADEL's documented requests.
+    let keys = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let documented_target: Value = serde_json::from_str(include_str!(
+        "../adapters/zitadel/tests/fixtures/actions-v2-create-target-request.json"
+    ))
+    .unwrap();
+    let target = &created[6].1;
+    assert_eq!(keys(target), keys(&documented_target));
+    assert_eq!(
+        keys(&target["restWebhook"]),
+        keys(&documented_target["restWebhook"])
+    );
+    let documented_execution: Value = serde_json::from_str(include_str!(
+        "../adapters/zitadel/tests/fixtures/actions-v2-set-execution-event-request.json"
+    ))
+    .unwrap();
+    for (_, execution) in &created[7..] {
+        assert_eq!(keys(execution), keys(&documented_execution));
+        assert_eq!(
+            keys(&execution["condition"]["event"]),
+            keys(&documented_execution["condition"]["event"])
+        );
+        assert!(execution["targets"][0].is_string(), "{execution}");
+    }
     // The target points at mxidp's webhook; one execution per event mxidp maps (the legacy
     // `user.password.changed` aside).
     let (targets, conditions) = stack.idp.actions();
