@@ -249,7 +249,7 @@ async fn reconciliation_revalidates_sessions_at_keycloak_by_introspection_and_us
         sessions.push(RawClient::sign_in(&stack, user, &browser_client).await);
     }
     let settings = mxidp_core::config::ReconciliationConfig {
-        enabled: true,
+        enabled: Some(true),
         interval_seconds: 60,
         batch_size: 100,
         max_requests_per_second: 50,

@@ -435,7 +435,7 @@ async fn reconciliation_reads_user_status_from_the_users_api() {
         sessions.push(RawClient::sign_in(&stack, user, &browser_client).await);
     }
     let settings = mxidp_core::config::ReconciliationConfig {
-        enabled: true,
+        enabled: Some(true),
         interval_seconds: 60,
         batch_size: 100,
         max_requests_per_second: 50,

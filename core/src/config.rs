@@ -122,6 +122,12 @@ pub struct UpstreamConfig {
     pub client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub auth_method: crate::upstream::ClientAuthMethod,
+    /// `private_key_jwt`: mxidp's private key, PEM (RSA or EC P-256) or ZITADEL's JSON key
+    /// file; `client_key_id` is the `kid` (a ZITADEL key file names its own).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_id: Option<String>,
     #[serde(default = "default_scopes", deserialize_with = "words")]
     pub scopes: Vec<String>,
     #[serde(default = "default_algorithms", deserialize_with = "words")]
@@ -434,8 +440,10 @@ fn default_set_max_age() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconciliationConfig {
+    /// Unset: the adapter's default (on for ZITADEL, whose event deliveries are never retried;
+    /// off otherwise). See [`ReconciliationConfig::is_enabled`].
     #[serde(default)]
-    pub enabled: bool,
+    pub enabled: Option<bool>,
     /// Time between two rounds (jittered by up to 10 %).
     #[serde(default = "default_reconcile_interval")]
     pub interval_seconds: u64,
@@ -447,10 +455,18 @@ pub struct ReconciliationConfig {
     pub max_requests_per_second: u32,
 }
 
+impl ReconciliationConfig {
+    /// `enabled`, or the provider adapter's default when it is not set.
+    pub fn is_enabled(&self, provider: &dyn crate::provider::Provider) -> bool {
+        self.enabled
+            .unwrap_or_else(|| provider.default_reconciliation())
+    }
+}
+
 impl Default for ReconciliationConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             interval_seconds: default_reconcile_interval(),
             batch_size: default_reconcile_batch(),
             max_requests_per_second: default_reconcile_rate(),
@@ -764,12 +780,19 @@ impl Config {
                 "each scope is one non-empty word".into(),
             );
         }
+        if up.auth_method == crate::upstream::ClientAuthMethod::PrivateKeyJwt {
+            if let Err(p) = self.client_key() {
+                problems.push(p);
+            }
+        }
         let secret = secret_from(
             "upstream.client_secret",
             &up.client_secret,
             &up.client_secret_file,
         );
         match secret {
+            // No secret is needed with a key.
+            Err(_) if up.auth_method == crate::upstream::ClientAuthMethod::PrivateKeyJwt => {}
             Ok(s) if s.is_empty() => problems.push(Problem {
                 key: "upstream.client_secret".into(),
                 message: "must not be empty".into(),
@@ -865,7 +888,8 @@ impl Config {
             );
         }
         let r = &self.reconciliation;
-        if r.enabled
+        // Checked unless switched off: an adapter may turn it on by default.
+        if r.enabled != Some(false)
             && (r.interval_seconds < 60 || r.batch_size == 0 || r.max_requests_per_second == 0)
         {
             push(
@@ -912,6 +936,23 @@ impl Config {
             &self.upstream.client_secret,
             &self.upstream.client_secret_file,
         )
+    }
+
+    /// The `private_key_jwt` key, read from `upstream.client_key_file`.
+    pub fn client_key(&self) -> Result<crate::upstream::ClientKey, Problem> {
+        let problem = |message: String| Problem {
+            key: "upstream.client_key_file".into(),
+            message,
+        };
+        let path = self
+            .upstream
+            .client_key_file
+            .as_ref()
+            .ok_or_else(|| problem("required with auth_method = \"private_key_jwt\"".into()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        crate::upstream::ClientKey::parse(&text, self.upstream.client_key_id.clone())
+            .map_err(problem)
     }
 
     pub fn encryption_key(&self) -> Result<SecretString, Problem> {
@@ -1048,6 +1089,64 @@ client_secret = "s3cret"
         let keys: Vec<String> = parse(&bad).check().into_iter().map(|p| p.key).collect();
         assert!(keys.contains(&"http.public_base".to_string()), "{keys:?}");
         assert!(keys.contains(&"matrix.secret".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn private_key_jwt_needs_a_readable_key_and_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        // A P-256 key generated for these tests only.
+        std::fs::write(
+            &key,
+            include_str!("../../tests/support/keys/zitadel-app-key-ec-p256.pem"),
+        )
+        .unwrap();
+        let with = |lines: &str| {
+            parse(&GOOD.replace(
+                "client_secret = \"s3cret\"",
+                &format!("auth_method = \"private_key_jwt\"\n{lines}"),
+            ))
+        };
+        let c = with(&format!(
+            "client_key_file = {:?}",
+            key.display().to_string()
+        ));
+        assert_eq!(c.check(), vec![]);
+        assert!(c.client_key().is_ok());
+        let keys = |c: Config| -> Vec<String> { c.check().into_iter().map(|p| p.key).collect() };
+        assert_eq!(keys(with("")), vec!["upstream.client_key_file"]);
+        let missing = dir.path().join("nothing.pem");
+        assert_eq!(
+            keys(with(&format!(
+                "client_key_file = {:?}",
+                missing.display().to_string()
+            ))),
+            vec!["upstream.client_key_file"]
+        );
+        // Without the method, a secret is still required.
+        assert_eq!(
+            keys(parse(&GOOD.replace("client_secret = \"s3cret\"", ""))),
+            vec!["upstream.client_secret"]
+        );
+    }
+
+    #[test]
+    fn reconciliation_follows_the_adapter_unless_set() {
+        struct Eager;
+        impl crate::provider::Provider for Eager {
+            fn default_reconciliation(&self) -> bool {
+                true
+            }
+        }
+        let generic = crate::provider::GenericOidc;
+        let unset = parse(GOOD).reconciliation;
+        assert_eq!(unset.enabled, None);
+        assert!(!unset.is_enabled(&generic));
+        assert!(unset.is_enabled(&Eager));
+        let off = parse(&format!("{GOOD}\n[reconciliation]\nenabled = false\n")).reconciliation;
+        assert!(!off.is_enabled(&Eager));
+        let on = parse(&format!("{GOOD}\n[reconciliation]\nenabled = true\n")).reconciliation;
+        assert!(on.is_enabled(&generic));
     }
 
     #[test]

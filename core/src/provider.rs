@@ -95,6 +95,19 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Scopes the adapter needs at the IdP beyond `upstream.scopes`: claims some IdPs send only
+    /// when asked (ZITADEL's project roles and the user's organisation).
+    fn scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether this deployment serves the user the claims describe (the ID token's claims with
+    /// userinfo merged in), checked with `policy.access`. `Err` refuses the sign-in and its
+    /// text is shown to the user, so it says what happened in their words, not a token's.
+    fn admit(&self, _claims: &Claims) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Authorize parameters sent on every sign-in (e.g. an `audience` for JWT access tokens).
     fn authorize_parameters(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -176,6 +189,12 @@ pub trait Provider: Send + Sync {
     /// introspection shares a rate-limited bucket with sign-ins says so here.
     fn revalidation_budget_per_minute(&self) -> Option<u32> {
         None
+    }
+
+    /// Whether reconciliation runs when `reconciliation.enabled` is not set: an IdP that drops
+    /// event deliveries it could not make (ZITADEL never retries one) says `true`.
+    fn default_reconciliation(&self) -> bool {
+        false
     }
 
     /// The `aud` the IdP puts in the JWT access tokens it issues to mxidp, when it is not

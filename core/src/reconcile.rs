@@ -263,12 +263,12 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 /// Runs a round every `interval_seconds` (jittered) when enabled; logs one line per round.
-/// Returns `None` when reconciliation is disabled.
+/// Returns `None` when reconciliation is disabled (`enabled`, else the adapter's default).
 pub fn spawn_reconciliation(
     app: App,
     settings: ReconciliationConfig,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    if !settings.enabled {
+    if !settings.is_enabled(app.provider.as_ref()) {
         return None;
     }
     let interval = Duration::from_secs(settings.interval_seconds.max(1));
@@ -359,7 +359,7 @@ client_secret = "unused-here"
 
     fn settings(batch_size: u32) -> ReconciliationConfig {
         ReconciliationConfig {
-            enabled: true,
+            enabled: Some(true),
             interval_seconds: 60,
             batch_size,
             max_requests_per_second: 1_000,
@@ -668,7 +668,7 @@ client_secret = "unused-here"
     async fn spawn_does_nothing_when_disabled() {
         let env = env(Arc::new(GenericOidc)).await;
         let mut settings = settings(10);
-        settings.enabled = false;
+        settings.enabled = Some(false);
         assert!(spawn_reconciliation(env.app.clone(), settings).is_none());
     }
 }

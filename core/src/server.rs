@@ -76,12 +76,22 @@ pub async fn verify_encryption_key(store: &dyn Store, sealer: &Sealer) -> Result
 }
 
 pub fn upstream_settings(config: &Config) -> Result<UpstreamSettings, BuildError> {
+    use crate::upstream::ClientAuthMethod;
     let up = &config.upstream;
     Ok(UpstreamSettings {
         issuer: up.issuer.clone(),
         client_id: up.client_id.clone(),
-        client_secret: config.client_secret().map_err(BuildError::Problem)?,
+        client_secret: match up.auth_method {
+            ClientAuthMethod::PrivateKeyJwt => config.client_secret().unwrap_or_default(),
+            _ => config.client_secret().map_err(BuildError::Problem)?,
+        },
         auth_method: up.auth_method,
+        client_key: match up.auth_method {
+            ClientAuthMethod::PrivateKeyJwt => Some(std::sync::Arc::new(
+                config.client_key().map_err(BuildError::Problem)?,
+            )),
+            _ => None,
+        },
         scopes: up.scopes.clone(),
         allowed_algorithms: up
             .allowed_algorithms
@@ -289,7 +299,9 @@ pub fn spawn_discovery(app: App, settings: UpstreamSettings) -> tokio::task::Joi
 /// Starts everything that runs beside the HTTP server: IdP discovery, pruning, the event
 /// worker and reconciliation (when enabled). `serve` and the end-to-end tests both use it.
 pub fn spawn_background(app: App, config: &Config) -> Result<(), BuildError> {
-    spawn_discovery(app.clone(), upstream_settings(config)?);
+    let mut settings = upstream_settings(config)?;
+    settings.scopes.extend(app.provider.scopes());
+    spawn_discovery(app.clone(), settings);
     spawn_pruning(app.clone());
     // Its first round picks up the events accepted before a crash or a stop.
     crate::events::spawn_worker(app.clone());

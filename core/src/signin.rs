@@ -29,6 +29,9 @@ pub enum SignInError {
     AccessDenied,
     #[error("the Matrix account of this identity was deleted; it cannot be used again")]
     Tombstoned,
+    /// The adapter's [`Provider::admit`] refused the user; the text is for the user.
+    #[error("{0}")]
+    NotAdmitted(String),
     #[error("no Matrix user name can be derived from your profile: {0}")]
     Mapping(#[from] MappingError),
     #[error("the Matrix user name {0} is already taken by another account; ask an administrator")]
@@ -62,6 +65,7 @@ pub async fn resolve(
             return Err(SignInError::AccessDenied);
         }
     }
+    provider.admit(claims).map_err(SignInError::NotAdmitted)?;
     let admin = mapping
         .admin
         .as_ref()

@@ -182,8 +182,8 @@ pub struct Journey {
 }
 
 /// Login names the login form's user field may have (oidc-provider test IdP: `login`;
-/// Keycloak: `username`).
-const USER_FIELDS: &[&str] = &["login", "username", "email"];
+/// Keycloak: `username`; ZITADEL: `loginName`).
+const USER_FIELDS: &[&str] = &["login", "username", "email", "loginName"];
 
 /// Walks from `start_url` (an authorization URL) to the redirect to the client, logging in as
 /// `username`; returns that final redirect URL (with `code`/`state` or `error`).

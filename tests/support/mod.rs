@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod raw_client;
 pub mod stack;
 pub mod synapse;
+pub mod zitadel;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;

@@ -264,7 +264,12 @@ impl Upstream {
             ("token", token.to_owned()),
             ("token_type_hint", hint.as_str().to_owned()),
         ];
-        let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let request = authenticate(
+            self.http.post(endpoint.clone()),
+            (&self.metadata.issuer, &endpoint),
+            &mut form,
+            &self.settings,
+        );
         let started = std::time::Instant::now();
         let response = request
             .form(&form)
@@ -305,7 +310,12 @@ impl Upstream {
             ("token", token.to_owned()),
             ("token_type_hint", hint.as_str().to_owned()),
         ];
-        let request = authenticate(self.http.post(endpoint), &mut form, &self.settings);
+        let request = authenticate(
+            self.http.post(endpoint.clone()),
+            (&self.metadata.issuer, &endpoint),
+            &mut form,
+            &self.settings,
+        );
         let started = std::time::Instant::now();
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
@@ -342,6 +352,7 @@ impl Upstream {
     ) -> Result<UpstreamTokens, UpstreamError> {
         let request = authenticate(
             self.http.post(self.metadata.token_endpoint.clone()),
+            (&self.metadata.issuer, &self.metadata.token_endpoint),
             &mut form,
             &self.settings,
         );
@@ -791,6 +802,7 @@ mod tests {
                 match method {
                     ClientAuthMethod::ClientSecretBasic => ClientAuthUsed::Basic,
                     ClientAuthMethod::ClientSecretPost => ClientAuthUsed::Post,
+                    ClientAuthMethod::PrivateKeyJwt => unreachable!("not in this loop"),
                 }
             );
 

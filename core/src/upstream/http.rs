@@ -54,12 +54,35 @@ pub(crate) fn transport(error: reqwest::Error) -> UpstreamError {
 /// `client_secret_basic` follows RFC 6749 §2.3.1: client id and secret are each
 /// `application/x-www-form-urlencoded` before being joined with `:` and base64-encoded, so a
 /// secret containing `:` or non-ASCII characters survives (several IdPs issue such secrets).
+///
+/// `private_key_jwt` puts the IdP's issuer and the endpoint called in the assertion's `aud`:
+/// ZITADEL checks for its issuer, Okta and RFC 7523 for the endpoint.
 pub(crate) fn authenticate(
     request: reqwest::RequestBuilder,
+    endpoint: (&str, &url::Url),
     form: &mut Vec<(&'static str, String)>,
     settings: &UpstreamSettings,
 ) -> reqwest::RequestBuilder {
     match settings.auth_method {
+        ClientAuthMethod::PrivateKeyJwt => {
+            let (issuer, url) = endpoint;
+            // The configuration check makes sure a key is loaded for this method.
+            let assertion = settings.client_key.as_ref().and_then(|key| {
+                key.assertion(
+                    &settings.client_id,
+                    &[issuer, url.as_str()],
+                    crate::ids::now_unix(),
+                )
+                .ok()
+            });
+            form.push(("client_id", settings.client_id.clone()));
+            form.push((
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ));
+            form.push(("client_assertion", assertion.unwrap_or_default()));
+            request
+        }
         ClientAuthMethod::ClientSecretBasic => {
             let id: String =
                 form_urlencoded::byte_serialize(settings.client_id.as_bytes()).collect();

@@ -10,6 +10,7 @@ use url::Url;
 use crate::secret::SecretString;
 
 mod client;
+mod client_key;
 mod discovery;
 mod http;
 mod id_token;
@@ -18,6 +19,7 @@ mod jwks;
 pub mod test_idp;
 
 pub use client::{TokenIntrospection, Upstream};
+pub use client_key::ClientKey;
 pub use discovery::ProviderMetadata;
 pub(crate) use id_token::{string_claim, time_claim, verify_jws, ParsedJws};
 pub use id_token::{IdTokenClaims, IdTokenError};
@@ -30,6 +32,8 @@ pub enum ClientAuthMethod {
     #[default]
     ClientSecretBasic,
     ClientSecretPost,
+    /// A JWT signed with mxidp's private key (`upstream.client_key_file`), no secret.
+    PrivateKeyJwt,
 }
 
 /// Settings of the upstream client, built from the `[upstream]` configuration section.
@@ -39,6 +43,8 @@ pub struct UpstreamSettings {
     pub client_id: String,
     pub client_secret: SecretString,
     pub auth_method: ClientAuthMethod,
+    /// The key of `private_key_jwt`.
+    pub client_key: Option<std::sync::Arc<ClientKey>>,
     /// Scopes requested at the IdP; `openid` is always included.
     pub scopes: Vec<String>,
     /// Signature algorithms accepted on ID tokens (never `none`, never HS*: mxidp validates

@@ -356,6 +356,7 @@ impl TestIdp {
             client_id: CLIENT_ID.into(),
             client_secret: SecretString::new(CLIENT_SECRET),
             auth_method: ClientAuthMethod::ClientSecretBasic,
+            client_key: None,
             scopes: vec!["profile".into(), "email".into()],
             allowed_algorithms: vec![
                 Algorithm::RS256,
