@@ -505,3 +505,72 @@ async fn reconciliation_reads_user_state_from_the_management_api_with_one_cached
         .count();
     assert_eq!(calls, calls_after, "called again before the reset");
 }
+
+/// `deploy/auth0/setup.sh` against the double: it creates the API, the roles Action (deployed
+/// and bound to the Login flow) and the Log Stream from its JSON bodies; the stream it created
+/// then delivers to mxidp with the right `Authorization`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_script_creates_the_api_the_roles_action_and_a_working_log_stream() {
+    let stack = Stack::auth0(vec![Auth0User::new("max")], Format::JsonArray).await;
+    let browser_client = browser::client();
+    let max = RawClient::sign_in(&stack, "max", &browser_client).await;
+    let script = support::repo_root().join("deploy/auth0/setup.sh");
+    let token = stack.idp.admin_token();
+    let audience = "https://matrix2.example.org/api";
+    let claim = "https://matrix2.example.org/roles";
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("AUTH0_DOMAIN", stack.idp.issuer().as_str())
+        .env("AUTH0_MGMT_TOKEN", &token)
+        .env("MXIDP_URL", stack.mxidp.as_str())
+        .env("API_AUDIENCE", audience)
+        .env("ROLES_CLAIM", claim)
+        .env("LOG_STREAM_AUTHORIZATION", LOG_STREAM_AUTHORIZATION)
+        .output()
+        .await
+        .expect("bash runs the script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for secret in [token.as_str(), LOG_STREAM_AUTHORIZATION] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+    let created = stack.idp.created();
+    let paths: Vec<&str> = created.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths[0], "POST /api/v2/resource-servers");
+    assert_eq!(paths[1], "POST /api/v2/actions/actions");
+    assert!(paths[2].ends_with("/deploy"), "{paths:?}");
+    assert_eq!(
+        paths[3],
+        "PATCH /api/v2/actions/triggers/post-login/bindings"
+    );
+    assert_eq!(paths[4], "POST /api/v2/log-streams");
+    assert_eq!(created[0].1["identifier"], audience);
+    assert_eq!(created[0].1["signing_alg"], "RS256");
+    let code = created[1].1["code"].as_str().unwrap();
+    assert!(code.contains(&format!("'{claim}'")), "{code}");
+    assert!(!code.contains("__ROLES_CLAIM__"));
+    let stream = &created[4].1;
+    assert_eq!(
+        stream["sink"]["httpEndpoint"],
+        stack.mxidp.join("upstream/webhook").unwrap().as_str()
+    );
+    assert_eq!(stream["sink"]["httpContentFormat"], "JSONARRAY");
+    assert!(
+        stdout.contains(&format!("audience = \"{audience}\"")),
+        "{stdout}"
+    );
+
+    // The stream the script created reaches mxidp and is accepted.
+    assert_eq!(stack.idp.streams().len(), 2);
+    assert_eq!(
+        stack
+            .idp
+            .admin(Method::PATCH, "max", Some(json!({"blocked": true})))
+            .await,
+        200
+    );
+    let block = stack.idp.last_sapi();
+    assert_eq!(stack.idp.deliver(&[block]).await, vec![200]);
+    until_refused(&stack, &max.access_token, Duration::from_secs(5)).await;
+}
