@@ -81,7 +81,7 @@ async fn the_sdk_signs_in_through_auth0_with_the_api_audience_and_a_role_grants_
             Auth0User::new("ada").role(ADMIN_ROLE),
             Auth0User::new("bob").role("staff"),
         ],
-        Format::JsonArray,
+        Format::Array,
     )
     .await;
     let client = matrix_sdk::Client::builder()
@@ -207,7 +207,7 @@ async fn the_sdk_signs_in_through_auth0_with_the_api_audience_and_a_role_grants_
 async fn a_sapi_user_deletion_in_the_log_stream_deactivates_and_tombstones_once() {
     let stack = Stack::auth0(
         vec![Auth0User::new("carol"), Auth0User::new("dan")],
-        Format::JsonLines,
+        Format::Lines,
     )
     .await;
     let browser_client = browser::client();
@@ -226,7 +226,10 @@ async fn a_sapi_user_deletion_in_the_log_stream_deactivates_and_tombstones_once(
             .contains("auth0%7C"),
         "{entry}"
     );
-    assert_eq!(stack.idp.deliver(&[entry.clone()]).await, vec![200]);
+    assert_eq!(
+        stack.idp.deliver(std::slice::from_ref(&entry)).await,
+        vec![200]
+    );
     until_refused(&stack, &carol.access_token, Duration::from_secs(5)).await;
     let start = Instant::now();
     loop {
@@ -269,7 +272,10 @@ async fn a_sapi_user_deletion_in_the_log_stream_deactivates_and_tombstones_once(
 
     // Auth0 delivers the same entry again (at least once): stored and applied once.
     let before = all_events(&stack).await.len();
-    assert_eq!(stack.idp.deliver(&[entry.clone()]).await, vec![200]);
+    assert_eq!(
+        stack.idp.deliver(std::slice::from_ref(&entry)).await,
+        vec![200]
+    );
     assert_eq!(all_events(&stack).await.len(), before);
     assert_eq!(stored_with_key(&stack, key).await.len(), 1);
     assert_eq!(applied(&stack, key).await, 1);
@@ -280,7 +286,7 @@ async fn a_sapi_user_deletion_in_the_log_stream_deactivates_and_tombstones_once(
 async fn a_block_locks_an_unblock_unlocks_and_a_logout_ends_the_session() {
     let stack = Stack::auth0(
         vec![Auth0User::new("erin"), Auth0User::new("frank")],
-        Format::JsonObject,
+        Format::Object,
     )
     .await;
     let browser_client = browser::client();
@@ -296,7 +302,10 @@ async fn a_block_locks_an_unblock_unlocks_and_a_logout_ends_the_session() {
         200
     );
     let block = stack.idp.last_sapi();
-    assert_eq!(stack.idp.deliver(&[block.clone()]).await, vec![200]);
+    assert_eq!(
+        stack.idp.deliver(std::slice::from_ref(&block)).await,
+        vec![200]
+    );
     until_refused(&stack, &erin.access_token, Duration::from_secs(5)).await;
     assert_eq!(
         stored_with_key(&stack, log_id(&block)).await,
@@ -322,7 +331,10 @@ async fn a_block_locks_an_unblock_unlocks_and_a_logout_ends_the_session() {
         200
     );
     let unblock = stack.idp.last_sapi();
-    assert_eq!(stack.idp.deliver(&[unblock.clone()]).await, vec![200]);
+    assert_eq!(
+        stack.idp.deliver(std::slice::from_ref(&unblock)).await,
+        vec![200]
+    );
     applied(&stack, log_id(&unblock)).await;
     assert_eq!(
         stored_with_key(&stack, log_id(&unblock)).await,
@@ -337,7 +349,10 @@ async fn a_block_locks_an_unblock_unlocks_and_a_logout_ends_the_session() {
 
     // frank logs out at Auth0: the `slo` names his session, which ends; erin's stays.
     let logout = stack.idp.logout("frank");
-    assert_eq!(stack.idp.deliver(&[logout.clone()]).await, vec![200]);
+    assert_eq!(
+        stack.idp.deliver(std::slice::from_ref(&logout)).await,
+        vec![200]
+    );
     assert_eq!(
         stored_with_key(&stack, log_id(&logout)).await,
         vec![IdpEvent::SessionEnded {
@@ -352,7 +367,7 @@ async fn a_block_locks_an_unblock_unlocks_and_a_logout_ends_the_session() {
 async fn bad_deliveries_are_refused_whole_or_entry_by_entry() {
     let stack = Stack::auth0(
         vec![Auth0User::new("gus"), Auth0User::new("hal")],
-        Format::JsonArray,
+        Format::Array,
     )
     .await;
     let browser_client = browser::client();
@@ -434,7 +449,7 @@ async fn reconciliation_reads_user_state_from_the_management_api_with_one_cached
             Auth0User::new("jon"),
             Auth0User::new("kim"),
         ],
-        Format::JsonArray,
+        Format::Array,
     )
     .await;
     let mut sessions = Vec::new();
@@ -511,7 +526,7 @@ async fn reconciliation_reads_user_state_from_the_management_api_with_one_cached
 /// then delivers to mxidp with the right `Authorization`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_script_creates_the_api_the_roles_action_and_a_working_log_stream() {
-    let stack = Stack::auth0(vec![Auth0User::new("max")], Format::JsonArray).await;
+    let stack = Stack::auth0(vec![Auth0User::new("max")], Format::Array).await;
     let browser_client = browser::client();
     let max = RawClient::sign_in(&stack, "max", &browser_client).await;
     let script = support::repo_root().join("deploy/auth0/setup.sh");

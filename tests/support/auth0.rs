@@ -89,17 +89,17 @@ impl Auth0User {
 /// `httpContentFormat` of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    JsonArray,
-    JsonLines,
-    JsonObject,
+    Array,
+    Lines,
+    Object,
 }
 
 impl Format {
     fn parse(s: &str) -> Option<Self> {
         match s {
-            "JSONARRAY" => Some(Format::JsonArray),
-            "JSONLINES" => Some(Format::JsonLines),
-            "JSONOBJECT" => Some(Format::JsonObject),
+            "JSONARRAY" => Some(Format::Array),
+            "JSONLINES" => Some(Format::Lines),
+            "JSONOBJECT" => Some(Format::Object),
             _ => None,
         }
     }
@@ -346,14 +346,14 @@ impl Auth0Double {
     pub async fn deliver(&self, entries: &[Value]) -> Vec<u16> {
         let stream = self.streams().pop().expect("a log stream");
         let bodies: Vec<Vec<u8>> = match stream.format {
-            Format::JsonArray => vec![serde_json::to_vec(entries).unwrap()],
-            Format::JsonLines => vec![entries
+            Format::Array => vec![serde_json::to_vec(entries).unwrap()],
+            Format::Lines => vec![entries
                 .iter()
                 .map(Value::to_string)
                 .collect::<Vec<_>>()
                 .join("\n")
                 .into_bytes()],
-            Format::JsonObject => entries
+            Format::Object => entries
                 .iter()
                 .map(|e| serde_json::to_vec(e).unwrap())
                 .collect(),
@@ -848,7 +848,7 @@ async fn revoke(
 }
 
 /// Checks the M2M bearer token and the rate limit; `Err` is the answer to send.
-fn management(s: &Shared, headers: &HeaderMap) -> Result<[(String, String); 3], Response> {
+fn management(s: &Shared, headers: &HeaderMap) -> Result<[(String, String); 3], Box<Response>> {
     let mut t = s.tenant.lock().unwrap();
     let reset = now() + 60;
     if t.rate_limited > 0 {
@@ -865,19 +865,19 @@ fn management(s: &Shared, headers: &HeaderMap) -> Result<[(String, String); 3], 
         ] {
             r.headers_mut().insert(k, v.parse().unwrap());
         }
-        return Err(r);
+        return Err(Box::new(r));
     }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !t.m2m_tokens.get(token).is_some_and(|exp| *exp > now()) {
-        return Err(api_error(
+    if t.m2m_tokens.get(token).is_none_or(|exp| *exp <= now()) {
+        return Err(Box::new(api_error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "Invalid token",
-        ));
+        )));
     }
     Ok([
         ("x-ratelimit-limit".into(), MANAGEMENT_BUDGET.to_string()),
@@ -938,7 +938,7 @@ async fn get_user(
     record(&s, format!("GET /api/v2/users/{id}"));
     let limits = match management(&s, &headers) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let t = s.tenant.lock().unwrap();
     match t.users.iter().find(|u| u.id == id) {
@@ -962,7 +962,7 @@ async fn patch_user(
 ) -> Response {
     record(&s, format!("PATCH /api/v2/users/{id}"));
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let mut t = s.tenant.lock().unwrap();
     let Some(u) = t.users.iter_mut().find(|u| u.id == id) else {
@@ -994,7 +994,7 @@ async fn delete_user(
 ) -> Response {
     record(&s, format!("DELETE /api/v2/users/{id}"));
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let mut t = s.tenant.lock().unwrap();
     t.users.retain(|u| u.id != id);
@@ -1015,7 +1015,7 @@ async fn delete_user(
 async fn create_stream(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     record(&s, "POST /api/v2/log-streams".into());
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return api_error(StatusCode::BAD_REQUEST, "invalid_body", "Invalid JSON");
@@ -1059,7 +1059,7 @@ async fn create_stream(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
 
 async fn list_streams(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let t = s.tenant.lock().unwrap();
     Json(
@@ -1082,7 +1082,7 @@ async fn create_api(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let Some(identifier) = body["identifier"].as_str() else {
         return api_error(
@@ -1113,7 +1113,7 @@ async fn create_action(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     let post_login = body["supported_triggers"]
         .as_array()
@@ -1140,7 +1140,7 @@ async fn deploy_action(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     s.tenant.lock().unwrap().created.push((
         format!("POST /api/v2/actions/actions/{id}/deploy"),
@@ -1155,7 +1155,7 @@ async fn bind_action(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = management(&s, &headers) {
-        return r;
+        return *r;
     }
     if body["bindings"].as_array().is_none() {
         return api_error(StatusCode::BAD_REQUEST, "invalid_body", "bindings required");
