@@ -91,7 +91,7 @@ enum ConfigCommand {
 }
 
 /// The provider adapters this binary knows, by configuration name.
-const PROVIDERS: &str = "generic, keycloak, okta, zitadel";
+const PROVIDERS: &str = "generic, keycloak, okta, zitadel, auth0";
 
 /// The adapter `upstream.provider` names, built from its `[adapters.<name>]` settings.
 fn provider(config: &Config) -> Result<Arc<dyn Provider>, Vec<mxidp_core::config::Problem>> {
@@ -100,6 +100,7 @@ fn provider(config: &Config) -> Result<Arc<dyn Provider>, Vec<mxidp_core::config
         mxidp_keycloak::NAME => Ok(Arc::new(mxidp_keycloak::Keycloak::from_config(config)?)),
         mxidp_okta::NAME => Ok(Arc::new(mxidp_okta::Okta::from_config(config)?)),
         mxidp_zitadel::NAME => Ok(Arc::new(mxidp_zitadel::Zitadel::from_config(config)?)),
+        mxidp_auth0::NAME => Ok(Arc::new(mxidp_auth0::Auth0::from_config(config)?)),
         other => Err(vec![mxidp_core::config::Problem {
             key: "upstream.provider".into(),
             message: format!("unknown provider {other:?} (known: {PROVIDERS})"),

@@ -79,6 +79,76 @@ fn config_check_builds_the_keycloak_adapter_and_names_its_keys() {
 }
 
 #[test]
+fn config_check_builds_the_auth0_adapter_and_requires_its_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth0.toml");
+    let config = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("provider = \"generic\"", "provider = \"auth0\"");
+    std::fs::write(&path, &config).unwrap();
+    let check = |extra: &[(&str, &str)]| {
+        let mut command = mxidp();
+        command.args(["config", "check", "--config"]).arg(&path);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    // No audience: Auth0 would issue access tokens mxidp cannot check.
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("adapters.auth0.audience: ")),
+        "{stdout}"
+    );
+    let audience = (
+        "MXIDP__ADAPTERS__AUTH0__AUDIENCE",
+        "https://matrix.example.org/api",
+    );
+    let out = check(&[audience]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration OK"
+    );
+    // Half of the Management API's credentials; the secret is never printed.
+    let out = check(&[
+        audience,
+        (
+            "MXIDP__ADAPTERS__AUTH0__MANAGEMENT_CLIENT_SECRET",
+            "m2m-secret-value",
+        ),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("adapters.auth0.management_client_id: ")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("m2m-secret-value"));
+    // An issuer with a path is not an Auth0 tenant.
+    std::fs::write(
+        &path,
+        config.replace(
+            "issuer = \"http://127.0.0.1:9000/\"",
+            "issuer = \"http://127.0.0.1:9000/realms/x\"",
+        ),
+    )
+    .unwrap();
+    let out = check(&[audience]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("upstream.issuer: ")),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn config_check_lists_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -6,6 +6,7 @@
 // Each test binary uses a different subset of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth0;
 pub mod browser;
 pub mod chromium;
 pub mod cli;
