@@ -458,7 +458,7 @@ async fn reconciliation_reads_user_state_from_the_management_api_with_one_cached
         sessions.push(RawClient::sign_in(&stack, user, &browser_client).await);
     }
     let settings = mxidp_core::config::ReconciliationConfig {
-        enabled: true,
+        enabled: Some(true),
         interval_seconds: 60,
         batch_size: 100,
         max_requests_per_second: 50,
