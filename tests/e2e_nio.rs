@@ -59,7 +59,7 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let child = Command::new(NGINX)
+        let mut child = Command::new(NGINX)
             .arg("-p")
             .arg(path)
             .arg("-c")
@@ -83,6 +83,8 @@ impl Nginx {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nginx did not answer on {url}");
     }
 }

@@ -380,3 +380,37 @@ pub async fn approve(
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_codes_are_two_groups_of_four_consonants_and_typing_is_forgiving() {
+        for _ in 0..100 {
+            let code = new_user_code();
+            assert_eq!(code.len(), 9, "{code}");
+            assert_eq!(&code[4..5], "-");
+            assert_eq!(normalize_user_code(&code).as_deref(), Some(code.as_str()));
+        }
+        assert_eq!(
+            normalize_user_code(" bcdf ghjk ").as_deref(),
+            Some("BCDF-GHJK")
+        );
+        assert_eq!(
+            normalize_user_code("bcdf-ghjk").as_deref(),
+            Some("BCDF-GHJK")
+        );
+        // Vowels and digits are never in a code; neither are short or long ones.
+        for wrong in [
+            "BCDF-GHJA",
+            "BCDF-GHJ1",
+            "BCDF-GHJ",
+            "BCDF-GHJKL",
+            "",
+            "<script>",
+        ] {
+            assert_eq!(normalize_user_code(wrong), None, "{wrong}");
+        }
+    }
+}
