@@ -144,7 +144,7 @@ async fn device_signed_in(
 
 /// The IdP's code is exchanged, the identity resolved and the sign-in goes on to consent.
 /// `return_denied`: where a refused code-flow sign-in hands `access_denied` to its client;
-/// `None` for a device grant, which is denied instead.
+/// `None` for a device grant (denied instead) and a legacy client (a page instead).
 async fn signed_in(
     app: &AppState,
     mut pending: PendingAuthorization,
