@@ -306,6 +306,7 @@ async fn a_replayed_code_survives_kill_9() {
         upstream_nonce: "nonce".into(),
         upstream_verifier: "verifier".into(),
         csrf: "csrf".into(),
+        user_code: None,
         stage: AuthorizationStage::CodeIssued,
         login: None,
         created_at: now,

@@ -27,6 +27,8 @@ pub mod paths {
     pub const CONSENT: &str = "consent";
     pub const ACCOUNT: &str = "account";
     pub const ACCOUNT_CONFIRM: &str = "account/confirm";
+    pub const DEVICE_AUTHORIZATION: &str = "oauth2/device";
+    pub const LINK: &str = "link";
 }
 
 /// Settings of the identity mapping, parsed once at start.
@@ -67,6 +69,7 @@ impl MappingSettings {
 pub struct Lifetimes {
     pub pending_authorization: i64,
     pub authorization_code: i64,
+    pub device_code: i64,
     pub default_access_token: i64,
 }
 

@@ -264,6 +264,10 @@ pub struct SessionsConfig {
     /// Lifetime of mxidp's single-use authorization code.
     #[serde(default = "default_code_ttl")]
     pub authorization_code_seconds: u64,
+    /// Lifetime of a device authorization grant's codes (RFC 8628): from the client's request
+    /// until the user has entered the code, signed in and consented.
+    #[serde(default = "default_device_code_ttl")]
+    pub device_code_seconds: u64,
     /// Access-token lifetime assumed when the IdP does not say (`expires_in` missing).
     #[serde(default = "default_access_ttl")]
     pub default_access_token_seconds: u64,
@@ -334,6 +338,7 @@ impl Default for SessionsConfig {
         Self {
             pending_authorization_seconds: default_pending_ttl(),
             authorization_code_seconds: default_code_ttl(),
+            device_code_seconds: default_device_code_ttl(),
             default_access_token_seconds: default_access_ttl(),
             introspection_cache_entries: default_cache_entries(),
         }
@@ -541,6 +546,9 @@ fn default_pending_ttl() -> u64 {
 }
 fn default_code_ttl() -> u64 {
     60
+}
+fn default_device_code_ttl() -> u64 {
+    600
 }
 fn default_access_ttl() -> u64 {
     300
@@ -896,6 +904,13 @@ impl Config {
                 &mut problems,
                 "reconciliation",
                 "interval_seconds must be at least 60, batch_size and max_requests_per_second at least 1".into(),
+            );
+        }
+        if s.device_code_seconds == 0 || s.device_code_seconds > 1800 {
+            push(
+                &mut problems,
+                "sessions.device_code_seconds",
+                "must be between 1 and 1800".into(),
             );
         }
         if s.pending_authorization_seconds < 60 {

@@ -43,6 +43,9 @@ pub enum ApplicationType {
 pub enum GrantType {
     AuthorizationCode,
     RefreshToken,
+    /// RFC 8628, for clients that sign in with a code typed on another device.
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:device_code")]
+    DeviceCode,
 }
 
 impl GrantType {
@@ -50,6 +53,7 @@ impl GrantType {
         match self {
             Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
+            Self::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 }
@@ -151,13 +155,17 @@ pub fn validate(request: ClientRegistrationRequest) -> Result<ClientMetadata, Re
         }
     }
 
-    // RFC 7591 §2: grant_types defaults to ["authorization_code"]. Unknown types (e.g.
-    // device_code, which mxidp does not implement yet) are dropped rather than refused.
+    // RFC 7591 §2: grant_types defaults to ["authorization_code"]. Unknown types are dropped
+    // rather than refused.
     let grant_types = match &request.grant_types {
         None => vec![GrantType::AuthorizationCode],
         Some(types) => {
             let mut kept = Vec::new();
-            for known in [GrantType::AuthorizationCode, GrantType::RefreshToken] {
+            for known in [
+                GrantType::AuthorizationCode,
+                GrantType::RefreshToken,
+                GrantType::DeviceCode,
+            ] {
                 if types.iter().any(|t| t == known.as_str()) {
                     kept.push(known);
                 }
@@ -523,7 +531,11 @@ mod tests {
         assert_eq!(meta.application_type, ApplicationType::Web);
         assert_eq!(
             meta.grant_types,
-            vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
+            vec![
+                GrantType::AuthorizationCode,
+                GrantType::RefreshToken,
+                GrantType::DeviceCode
+            ]
         );
         assert_eq!(meta.client_name.as_deref(), Some("Element"));
         assert_eq!(meta.redirect_uris.len(), 1);

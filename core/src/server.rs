@@ -164,6 +164,7 @@ pub fn assemble(
         lifetimes: Lifetimes {
             pending_authorization: s.pending_authorization_seconds as i64,
             authorization_code: s.authorization_code_seconds as i64,
+            device_code: s.device_code_seconds as i64,
             default_access_token: s.default_access_token_seconds as i64,
         },
         consent: config.consent.clone(),
@@ -410,8 +411,29 @@ pub fn router(state: App) -> Router {
         )
         .route(&format!("/{}", http::paths::TOKEN), post(http::token::post))
         .route(
+            &format!("/{}", http::paths::DEVICE_AUTHORIZATION),
+            post(http::device::post).layer(limited(Bucket::Authorization)),
+        )
+        .route(
             &format!("/{}", http::paths::REVOKE),
             post(http::revoke::post),
+        )
+        // The compatibility layer (the reverse proxy sends these Matrix paths to mxidp).
+        .route(
+            "/_matrix/client/{version}/login",
+            get(http::compat::flows).post(http::compat::login),
+        )
+        .route(
+            "/_matrix/client/{version}/logout",
+            post(http::compat::logout),
+        )
+        .route(
+            "/_matrix/client/{version}/logout/all",
+            post(http::compat::logout_all),
+        )
+        .route(
+            "/_matrix/client/{version}/refresh",
+            post(http::compat::refresh),
         )
         .layer(cors);
     Router::new()
@@ -419,6 +441,18 @@ pub fn router(state: App) -> Router {
         .route(
             &format!("/{}", http::paths::AUTHORIZE),
             get(http::authorize::get).layer(limited(Bucket::Authorization)),
+        )
+        .route(
+            &format!("/{}", http::paths::LINK),
+            get(http::device::link).layer(limited(Bucket::Authorization)),
+        )
+        .route(
+            "/_matrix/client/{version}/login/sso/redirect",
+            get(http::compat::sso_redirect).layer(limited(Bucket::Authorization)),
+        )
+        .route(
+            "/_matrix/client/{version}/login/sso/redirect/{idp}",
+            get(http::compat::sso_redirect).layer(limited(Bucket::Authorization)),
         )
         .route(&format!("/{}", http::paths::CALLBACK), get(http::callback::get))
         .route(

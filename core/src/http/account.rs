@@ -160,6 +160,7 @@ async fn start_cross_signing_reset(app: &AppState, headers: &HeaderMap) -> Respo
         upstream_nonce: random_token(24),
         upstream_verifier: verifier.clone(),
         csrf: random_token(24),
+        user_code: None,
         stage: AuthorizationStage::AtIdp,
         login: None,
         created_at: now,

@@ -276,6 +276,7 @@ pub async fn get(
         upstream_nonce: random_token(24),
         upstream_verifier: verifier.clone(),
         csrf: random_token(24),
+        user_code: None,
         stage: AuthorizationStage::AtIdp,
         login: None,
         created_at: now,

@@ -30,7 +30,7 @@ pub fn client_redirect(
 /// The client's name as pages show it (shortened), for messages that name the app; "the app"
 /// when it is not known (a cross-signing reset, a registration since deleted).
 pub async fn client_name(app: &AppState, pending: &PendingAuthorization) -> String {
-    if pending.purpose != crate::store::Purpose::Login {
+    if pending.purpose == crate::store::Purpose::CrossSigningReset {
         return "your Matrix app".into();
     }
     match app.store.client(&pending.client_id).await {

@@ -49,7 +49,7 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
             "The answer from your organisation's sign-in page was incomplete.",
         )
     })?;
-    let mut pending = app
+    let pending = app
         .store
         .pending_by_upstream_state(state)
         .await
@@ -76,7 +76,9 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
         // This callback URL again (a reload before the redirect landed): the sign-in went on to
         // its consent or confirmation page, which is where the user belongs.
         return Ok(match pending.purpose {
-            Purpose::Login => consent::show_again(&app, &pending),
+            Purpose::Login | Purpose::DeviceGrant | Purpose::CompatSso => {
+                consent::show_again(&app, &pending)
+            }
             Purpose::CrossSigningReset => super::account::show_confirmation(&app, &pending),
         });
     }
@@ -90,6 +92,24 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
     }
     if pending.purpose == Purpose::CrossSigningReset {
         return reauthenticated(&app, &pending, &q).await;
+    }
+    if pending.purpose == Purpose::DeviceGrant {
+        return device_signed_in(&app, pending, &q).await;
+    }
+    if pending.purpose == Purpose::CompatSso {
+        // A legacy client has no error redirect: a refusal is a page.
+        if q.error.is_some() {
+            app.store
+                .delete_pending(&pending.id)
+                .await
+                .map_err(|e| RouteError::internal("delete pending", &e))?;
+            return Err(RouteError::Page(
+                StatusCode::FORBIDDEN,
+                "Sign-in cancelled",
+                "Your organisation's sign-in page did not confirm the sign-in.".into(),
+            ));
+        }
+        return signed_in(&app, pending, &q, None).await;
     }
     let to = client_redirect(&app, &pending)?;
     let return_denied = to.url(&[("error", "access_denied")]).to_string();
@@ -111,13 +131,46 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
         };
         return Ok(to.error(error, description));
     }
+    signed_in(&app, pending, &q, Some(return_denied)).await
+}
+
+/// A device grant's sign-in came back from the IdP: as a code-flow sign-in, except that a
+/// refusal denies the grant (the device's poll learns it) instead of redirecting to a client.
+async fn device_signed_in(
+    app: &AppState,
+    pending: PendingAuthorization,
+    q: &CallbackQuery,
+) -> Result<Response, RouteError> {
+    if q.error.is_some() {
+        super::device::deny(app, &pending).await?;
+        return Err(RouteError::Page(
+            StatusCode::FORBIDDEN,
+            "Sign-in cancelled",
+            "Your organisation's sign-in page did not confirm the sign-in, so your device was not signed in.".into(),
+        ));
+    }
+    signed_in(app, pending, q, None).await
+}
+
+/// The IdP's code is exchanged, the identity resolved and the sign-in goes on to consent.
+/// `return_denied`: where a refused code-flow sign-in hands `access_denied` to its client;
+/// `None` for a device grant (denied instead) and a legacy client (a page instead).
+async fn signed_in(
+    app: &AppState,
+    mut pending: PendingAuthorization,
+    q: &CallbackQuery,
+    return_denied: Option<String>,
+) -> Result<Response, RouteError> {
+    let page = |title: &'static str, msg: &str| {
+        RouteError::Page(StatusCode::BAD_REQUEST, title, msg.to_owned())
+    };
     let code = q.code.as_deref().ok_or_else(|| {
         page(
             "Invalid sign-in",
             "The answer from your organisation's sign-in page was incomplete.",
         )
     })?;
-    let (upstream, tokens, validated) = exchange_and_validate(&app, &pending, code).await?;
+    let (upstream, tokens, validated) = exchange_and_validate(app, &pending, code).await?;
     if let Err(reason) = app.provider.validate_claims(&validated.claims) {
         return Err(RouteError::Logged(
             StatusCode::BAD_REQUEST,
@@ -127,7 +180,7 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
         ));
     }
     let mut claims = validated.claims.clone();
-    if wants_userinfo(&app, &upstream, &claims) {
+    if wants_userinfo(app, &upstream, &claims) {
         // userinfo_for drops an answer whose `sub` differs from the ID token's (OIDC Core §5.3.2).
         let userinfo = upstream
             .userinfo_for(tokens.access_token.expose(), &validated.sub)
@@ -149,16 +202,23 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
     .map_err(|e| match e {
         e if e.is_refusal() => {
             tracing::info!(reason = %e, "sign-in refused");
-            RouteError::Refused(e.to_string(), return_denied.clone())
+            match &return_denied {
+                Some(to) => RouteError::Refused(e.to_string(), to.clone()),
+                None => RouteError::Page(StatusCode::FORBIDDEN, "Sign-in refused", e.to_string()),
+            }
         }
         e => RouteError::internal("resolve identity", &e),
     });
     let login = match login {
         Ok(login) => login,
         Err(e) => {
-            let _ = app.store.delete_pending(&pending.id).await;
+            if pending.purpose == Purpose::DeviceGrant {
+                let _ = super::device::deny(app, &pending).await;
+            } else {
+                let _ = app.store.delete_pending(&pending.id).await;
+            }
             revoke_unused_tokens(
-                &app,
+                app,
                 tokens.refresh_token.as_ref().map(|t| t.expose()),
                 tokens.access_token.expose(),
             )
@@ -191,7 +251,7 @@ async fn callback(app: App, headers: HeaderMap, q: CallbackQuery) -> Result<Resp
         .map_err(|e| RouteError::internal("update pending", &e))?;
     tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "signed in at the IdP");
 
-    consent::continue_after_login(&app, pending, &login).await
+    consent::continue_after_login(app, pending, &login).await
 }
 
 /// Whether to ask userinfo for more claims (`upstream.fetch_userinfo`).

@@ -18,7 +18,15 @@ use crate::homeserver::{FieldAction, HomeserverError, ProvisionRequest};
 use crate::ids::{now_unix, random_token, TokenHash};
 use crate::secret::constant_time_eq;
 use crate::signin::MatrixLogin;
-use crate::store::{AuthorizationStage, PendingAuthorization};
+use crate::store::{AuthorizationStage, PendingAuthorization, Purpose};
+
+/// The sign-ins this page answers for: a client's authorization request or a device grant.
+fn asks_consent(p: &PendingAuthorization) -> bool {
+    matches!(
+        p.purpose,
+        Purpose::Login | Purpose::DeviceGrant | Purpose::CompatSso
+    )
+}
 
 pub use super::pages::PageError as RouteError;
 
@@ -35,13 +43,18 @@ pub async fn continue_after_login(
         .await
         .map_err(|e| RouteError::internal("load consent", &e))?;
     let requested = requested_scopes(&pending)?;
-    if crate::consent::covers(
-        remembered.as_ref(),
-        &requested,
-        crate::consent::redirect_identifies_client(&pending.redirect_uri),
-        app.consent.native_remember_seconds,
-        now_unix(),
-    ) {
+    // A device grant always asks: the user must see which device they are letting in, since
+    // a code can be passed on to them by someone else (RFC 8628 §5.4).
+    // A legacy client (compatibility layer) has no registration to remember a consent for.
+    if pending.purpose == Purpose::Login
+        && crate::consent::covers(
+            remembered.as_ref(),
+            &requested,
+            crate::consent::redirect_identifies_client(&pending.redirect_uri),
+            app.consent.native_remember_seconds,
+            now_unix(),
+        )
+    {
         return complete(app, pending).await;
     }
     // Post/redirect/get: the page lives at its own URL, which can be reloaded or come back to
@@ -89,7 +102,7 @@ pub async fn get(
         .pending(&id)
         .await
         .map_err(|e| RouteError::internal("load pending", &e))?
-        .filter(|p| p.expires_at >= now_unix() && p.purpose == crate::store::Purpose::Login)
+        .filter(|p| p.expires_at >= now_unix() && asks_consent(p))
         .ok_or_else(unknown)?;
     if !same_browser(&app, &headers, &pending) {
         tracing::warn!(pending = %pending.id, "consent page asked for by a browser that did not start the sign-in");
@@ -102,19 +115,24 @@ pub async fn get(
             ),
         ));
     }
-    let client = app
-        .store
-        .client(&pending.client_id)
-        .await
-        .map_err(|e| RouteError::internal("load client", &e))?
-        .ok_or_else(|| {
-            RouteError::Page(
-                StatusCode::BAD_REQUEST,
-                "Unknown application",
-                "The app you were signing in to is no longer registered with this server.".into(),
-            )
-        })?;
-    let identity = pages::ClientIdentity::new(&client.metadata, &pending.redirect_uri);
+    let metadata = if pending.purpose == Purpose::CompatSso {
+        super::compat::legacy_client(&pending.redirect_uri)
+    } else {
+        app.store
+            .client(&pending.client_id)
+            .await
+            .map_err(|e| RouteError::internal("load client", &e))?
+            .ok_or_else(|| {
+                RouteError::Page(
+                    StatusCode::BAD_REQUEST,
+                    "Unknown application",
+                    "The app you were signing in to is no longer registered with this server."
+                        .into(),
+                )
+            })?
+            .metadata
+    };
+    let identity = pages::ClientIdentity::new(&metadata, &pending.redirect_uri);
     let login = match (&pending.stage, &pending.login) {
         (AuthorizationStage::AwaitingConsent, Some(login)) => login,
         (AuthorizationStage::CodeIssued, _) => {
@@ -143,6 +161,7 @@ pub async fn get(
         device_id: pending.device_id.as_str(),
         admin,
         email: scope.email_requested(),
+        user_code: pending.user_code.as_deref(),
         action: app.url(paths::CONSENT).as_str(),
     }))
 }
@@ -179,7 +198,7 @@ pub async fn post(
         .filter(|p| {
             p.expires_at >= now_unix()
                 && p.stage == AuthorizationStage::AwaitingConsent
-                && p.purpose == crate::store::Purpose::Login
+                && asks_consent(p)
         })
         .ok_or_else(|| refuse("This sign-in is unknown, was already answered, or has expired."))?;
     if !same_browser(&app, &headers, &pending)
@@ -212,6 +231,25 @@ pub async fn post(
             complete(&app, pending).await
         }
         "switch" => switch_account(&app, &headers, pending).await,
+        _ if pending.purpose == Purpose::CompatSso => {
+            app.store
+                .delete_pending(&pending.id)
+                .await
+                .map_err(|e| RouteError::internal("delete pending", &e))?;
+            revoke_sealed_login(&app, login).await;
+            Ok(pages::info_page(
+                "Not signed in",
+                "You denied access; the app was not signed in. You can close this page.",
+            ))
+        }
+        _ if pending.purpose == Purpose::DeviceGrant => {
+            super::device::deny(&app, &pending).await?;
+            revoke_sealed_login(&app, login).await;
+            Ok(pages::info_page(
+                "Device not signed in",
+                "You denied access; your device was not signed in. You can close this page.",
+            ))
+        }
         _ => {
             app.store
                 .delete_pending(&pending.id)
@@ -259,6 +297,12 @@ async fn switch_account(
         .add_pending(&fresh)
         .await
         .map_err(|e| RouteError::internal("store pending", &e))?;
+    if pending.purpose == Purpose::DeviceGrant {
+        app.store
+            .repoint_device(&pending.id, &fresh.id)
+            .await
+            .map_err(|e| RouteError::internal("repoint device authorization", &e))?;
+    }
     app.store
         .delete_pending(&pending.id)
         .await
@@ -373,7 +417,11 @@ async fn complete(
         request.emails = FieldAction::Set(login.emails.clone());
     }
     if let Err(e) = provision(app, &request).await {
-        let _ = app.store.delete_pending(&pending.id).await;
+        if pending.purpose == Purpose::DeviceGrant {
+            let _ = super::device::deny(app, &pending).await;
+        } else {
+            let _ = app.store.delete_pending(&pending.id).await;
+        }
         revoke_sealed_login(app, &login).await;
         return Err(e);
     }
@@ -383,6 +431,18 @@ async fn complete(
         .update_pending(&pending)
         .await
         .map_err(|e| RouteError::internal("update pending", &e))?;
+    if pending.purpose == Purpose::CompatSso {
+        let to = super::compat::login_token_redirect(app, &pending)
+            .await
+            .map_err(|e| RouteError::internal("store login token", &e))?;
+        tracing::info!(localpart = %login.localpart, "compatibility login token issued");
+        return Ok(see_other(to.as_str()));
+    }
+    if pending.purpose == Purpose::DeviceGrant {
+        let name = client_name(app, &pending).await;
+        tracing::info!(localpart = %login.localpart, client_id = %pending.client_id, "device authorization granted");
+        return super::device::approve(app, &pending, &name).await;
+    }
     let code = random_token(32);
     app.store
         .add_code(

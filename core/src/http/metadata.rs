@@ -39,7 +39,13 @@ pub async fn get(State(app): State<App>) -> Response {
         "introspection_endpoint": app.url(paths::INTROSPECT),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "fragment"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "device_authorization_endpoint": app.url(paths::DEVICE_AUTHORIZATION),
+        // matrix-js-sdk registers every grant type listed here: list only what works.
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code",
+        ],
         "code_challenge_methods_supported": ["S256"],
         // RFC 9207: every authorization response carries `iss`.
         "authorization_response_iss_parameter_supported": true,

@@ -1139,8 +1139,16 @@ async fn metadata_satisfies_synapse_and_both_sdks() {
     assert_eq!(m["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(
         m["grant_types_supported"],
-        json!(["authorization_code", "refresh_token"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
+        ])
     );
+    assert!(m["device_authorization_endpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with(env.base.as_str()));
     // The test IdP advertises prompt=create, so mxidp offers sign-up.
     assert_eq!(m["prompt_values_supported"], json!(["create"]));
 }
@@ -1660,7 +1668,12 @@ async fn browser_clients_get_cors_on_the_oauth_endpoints_but_not_on_introspectio
         "oauth2/token",
         "oauth2/registration",
         "oauth2/revoke",
+        "oauth2/device",
         ".well-known/openid-configuration",
+        "_matrix/client/v3/login",
+        "_matrix/client/v3/logout",
+        "_matrix/client/v3/logout/all",
+        "_matrix/client/r0/refresh",
     ] {
         let preflight = env
             .http
@@ -1693,6 +1706,41 @@ async fn browser_clients_get_cors_on_the_oauth_endpoints_but_not_on_introspectio
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+    // The logout call of a web client carries its token: the preflight must allow the header.
+    let preflight = env
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            env.url("_matrix/client/v3/logout"),
+        )
+        .header("Origin", "https://app.element.io")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    let allowed = preflight
+        .headers()
+        .get("access-control-allow-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    // Pages are not for other origins: the user-code page, the consent page, the SSO redirect.
+    for path in ["link", "consent", "_matrix/client/v3/login/sso/redirect"] {
+        let page = env
+            .http
+            .get(env.url(path))
+            .header("Origin", "https://app.element.io")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            page.headers().get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

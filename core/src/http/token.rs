@@ -19,7 +19,8 @@ use crate::scope::MatrixScope;
 use crate::secret::{constant_time_eq, SecretString};
 use crate::sessions::{end_session, EndCause};
 use crate::store::{
-    CodeRedemption, Rotation, Session, SessionState, StoreError, TokenKind, TokenRecord,
+    CodeRedemption, DevicePoll, DeviceStatus, Rotation, Session, SessionState, StoreError,
+    TokenKind, TokenRecord,
 };
 use crate::tokens;
 use crate::upstream::{TokenTypeHint, UpstreamError};
@@ -33,7 +34,11 @@ pub struct TokenForm {
     code_verifier: Option<String>,
     client_id: Option<String>,
     refresh_token: Option<String>,
+    device_code: Option<String>,
 }
+
+/// The grant type of RFC 8628.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 #[derive(Debug)]
 pub enum RouteError {
@@ -43,6 +48,11 @@ pub enum RouteError {
     /// The client did not register this grant type (RFC 6749 §5.2).
     UnauthorizedClient(&'static str),
     UnsupportedGrantType,
+    /// The device grant's answers while the user has not finished (RFC 8628 §3.5).
+    AuthorizationPending,
+    SlowDown,
+    ExpiredToken,
+    AccessDenied,
     Unavailable(String),
     Internal(String),
 }
@@ -67,7 +77,27 @@ impl IntoResponse for RouteError {
             RouteError::UnsupportedGrantType => oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type must be authorization_code or refresh_token",
+                "grant_type must be authorization_code, refresh_token or urn:ietf:params:oauth:grant-type:device_code",
+            ),
+            RouteError::AuthorizationPending => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "authorization_pending",
+                "the user has not finished signing in yet",
+            ),
+            RouteError::SlowDown => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "slow_down",
+                "polled before the interval was over; the interval grows by 5 seconds",
+            ),
+            RouteError::ExpiredToken => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "expired_token",
+                "the device code has expired; start again",
+            ),
+            RouteError::AccessDenied => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "access_denied",
+                "the user or the identity provider refused the sign-in",
             ),
             RouteError::Unavailable(m) => oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +130,13 @@ pub async fn post(
             ("authorization_code", result)
         }
         Some("refresh_token") => ("refresh_token", refresh_token(&app, form).await),
+        Some(DEVICE_CODE_GRANT) => {
+            let result = device_code(&app, form).await;
+            if result.is_ok() {
+                crate::metrics::signin("completed");
+            }
+            ("device_code", result)
+        }
         None => (
             "other",
             Err(RouteError::InvalidRequest("grant_type is missing".into())),
@@ -136,9 +173,9 @@ async fn registered_client(app: &AppState, client_id: &str) -> Result<ClientMeta
 }
 
 /// A pair of new Matrix tokens for a session, with the records the store keeps of them.
-struct IssuedTokens {
-    access: SecretString,
-    refresh: Option<SecretString>,
+pub(crate) struct IssuedTokens {
+    pub(crate) access: SecretString,
+    pub(crate) refresh: Option<SecretString>,
     records: Vec<TokenRecord>,
 }
 
@@ -261,6 +298,105 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     // have changed, but the redemption is what counts.
     check_code_binding(&pending, client_id, redirect_uri, verifier)?;
     let client = registered_client(app, client_id).await?;
+    let started = start_session(app, &client, &pending, "token").await?;
+    app.store
+        .link_code_session(code_hash, &started.session.id)
+        .await
+        .map_err(store_error("link code"))?;
+    Ok(started.response())
+}
+
+/// RFC 8628 §3.4: the device polls with its device code until the user has answered.
+async fn device_code(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
+    let presented = required(&form.device_code, "device_code")?;
+    let client_id = required(&form.client_id, "client_id")?;
+    let client = registered_client(app, client_id).await?;
+    if !client.grant_types.contains(&GrantType::DeviceCode) {
+        return Err(RouteError::UnauthorizedClient("device_code"));
+    }
+    let now = now_unix();
+    let hash = TokenHash::of(presented);
+    let grant = match app
+        .store
+        .poll_device(hash, now, super::device::POLL_INTERVAL)
+        .await
+        .map_err(store_error("poll device"))?
+    {
+        DevicePoll::Unknown => {
+            return Err(RouteError::InvalidGrant(
+                "the device code is unknown".into(),
+            ))
+        }
+        DevicePoll::SlowDown => return Err(RouteError::SlowDown),
+        DevicePoll::Polled(grant) => grant,
+    };
+    if !constant_time_eq(client_id.as_bytes(), grant.client_id.as_bytes()) {
+        return Err(RouteError::InvalidGrant(
+            "the device code was issued to another client".into(),
+        ));
+    }
+    if grant.expires_at < now {
+        return Err(RouteError::ExpiredToken);
+    }
+    match grant.status {
+        DeviceStatus::Pending | DeviceStatus::Claimed => Err(RouteError::AuthorizationPending),
+        DeviceStatus::Denied => Err(RouteError::AccessDenied),
+        DeviceStatus::Redeemed => Err(RouteError::InvalidGrant(
+            "the device code has already been used".into(),
+        )),
+        DeviceStatus::Approved => {
+            let pending = app
+                .store
+                .redeem_device(hash)
+                .await
+                .map_err(store_error("redeem device"))?
+                .ok_or_else(|| {
+                    RouteError::InvalidGrant("the device code has already been used".into())
+                })?;
+            Ok(start_session(app, &client, &pending, "device")
+                .await?
+                .response())
+        }
+    }
+}
+
+/// A session that has just started, with the tokens for the client.
+pub(crate) struct Started {
+    pub(crate) session: Session,
+    pub(crate) issued: IssuedTokens,
+    pub(crate) expires_in: i64,
+    granted: String,
+}
+
+impl Started {
+    fn response(&self) -> Response {
+        token_response(&self.issued, self.expires_in, &self.granted)
+    }
+}
+
+/// Turns a sign-in the user consented to into a session with mxidp's tokens: stored, its
+/// device created in the homeserver, cached for introspection and audited. `source` names
+/// the grant in the audit record.
+pub(crate) async fn start_session(
+    app: &AppState,
+    client: &ClientMetadata,
+    pending: &crate::store::PendingAuthorization,
+    source: &str,
+) -> Result<Started, RouteError> {
+    start_session_with(app, client, pending, source, true).await
+}
+
+/// [`start_session`]; `access_expires: false` gives an access token without an expiry, for a
+/// compatibility-layer client that asked for no refresh token (a legacy client cannot renew
+/// its token; the session still ends with the IdP's session, by events and re-validation).
+pub(crate) async fn start_session_with(
+    app: &AppState,
+    client: &ClientMetadata,
+    pending: &crate::store::PendingAuthorization,
+    source: &str,
+    access_expires: bool,
+) -> Result<Started, RouteError> {
+    let now = now_unix();
     let login = pending
         .login
         .as_ref()
@@ -281,13 +417,16 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     let session_id = SessionId::new();
     // No Matrix refresh token without an IdP one to refresh with, nor for a client that did
     // not register the grant (RFC 6749 §1.5, RFC 7591 §2).
-    let issued = IssuedTokens::new(
+    let mut issued = IssuedTokens::new(
         &session_id,
         now,
         expires_in,
         upstream_tokens.refresh_token.is_some()
             && client.grant_types.contains(&GrantType::RefreshToken),
     );
+    if !access_expires {
+        issued.records[0].expires_at = None;
+    }
     let session = Session {
         id: session_id,
         provider: app.mapping.upstream_id.clone(),
@@ -317,7 +456,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
     // The device must exist before the client's first request, or Synapse answers 401. It is
     // created after the session is stored, so that a concurrent device sync (which keeps the
     // devices of active sessions) never removes it.
-    if let Err(e) = upsert_device(app, &client, login, &pending.device_id).await {
+    if let Err(e) = upsert_device(app, client, login, &pending.device_id).await {
         // Nobody will get these tokens: end the session durably, which also revokes the IdP's.
         let _ = end_session(app, &session, EndCause::SigninFailed).await;
         return Err(e);
@@ -331,10 +470,6 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         )
         .await
         .map_err(store_error("cache token"))?;
-    app.store
-        .link_code_session(code_hash, &session.id)
-        .await
-        .map_err(store_error("link code"))?;
     tracing::info!(session = %session.id, localpart = %session.localpart, device_id = %session.device_id, "session started");
     crate::audit::record(
         app.store.as_ref(),
@@ -342,7 +477,7 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
             actor: format!("client:{}", session.client_id),
             action: "session.started".into(),
             target: session.id.to_string(),
-            source: "token".into(),
+            source: source.into(),
             outcome: "ok".into(),
             correlation_id: session.id.to_string(),
             details: serde_json::json!({
@@ -357,11 +492,12 @@ async fn authorization_code(app: &AppState, form: TokenForm) -> Result<Response,
         },
     )
     .await;
-    Ok(token_response(
-        &issued,
+    Ok(Started {
+        granted: scope.granted_string(login.admin),
+        session,
+        issued,
         expires_in,
-        &scope.granted_string(login.admin),
-    ))
+    })
 }
 
 async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, RouteError> {
@@ -372,6 +508,18 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
     if !client.grant_types.contains(&GrantType::RefreshToken) {
         return Err(RouteError::UnauthorizedClient("refresh_token"));
     }
+    let (issued, expires_in, granted) = refresh_session(app, presented, Some(client_id)).await?;
+    Ok(token_response(&issued, expires_in, &granted))
+}
+
+/// Refreshes the session of `presented` (a Matrix refresh token) at the IdP and rotates
+/// mxidp's tokens; `client_id`, when given, must be the session's client (the OAuth grant).
+/// The compatibility layer's `/refresh` has no client and passes `None`.
+pub(crate) async fn refresh_session(
+    app: &AppState,
+    presented: &str,
+    client_id: Option<&str>,
+) -> Result<(IssuedTokens, i64, String), RouteError> {
     // A token mxidp did not issue (the IdP's, a typo, a truncation) needs no lookup.
     if tokens::recognise(presented) != Some(TokenKind::Refresh) {
         return Err(RouteError::InvalidGrant(
@@ -395,7 +543,7 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
             "the refresh token is not valid".into(),
         ));
     }
-    if !constant_time_eq(client_id.as_bytes(), session.client_id.as_bytes()) {
+    if client_id.is_some_and(|c| !constant_time_eq(c.as_bytes(), session.client_id.as_bytes())) {
         return Err(RouteError::InvalidGrant(
             "the refresh token was issued to another client".into(),
         ));
@@ -489,11 +637,7 @@ async fn refresh_token(app: &AppState, form: TokenForm) -> Result<Response, Rout
         .map_err(store_error("cache token"))?;
     let scope = MatrixScope::parse(&session.scope)
         .map_err(|e| RouteError::Internal(internal("stored scope", &e)))?;
-    Ok(token_response(
-        &issued,
-        expires_in,
-        &scope.granted_string(session.admin),
-    ))
+    Ok((issued, expires_in, scope.granted_string(session.admin)))
 }
 
 async fn upsert_device(

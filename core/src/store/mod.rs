@@ -9,6 +9,7 @@ use crate::ids::{DeviceId, Localpart, SessionId, TokenHash};
 
 pub mod sqlite;
 mod sqlite_audit;
+mod sqlite_device;
 mod sqlite_events;
 
 pub use sqlite::SqliteStore;
@@ -70,6 +71,12 @@ pub enum Purpose {
     /// The user re-authenticates before a cross-signing reset (MSC4191
     /// `org.matrix.cross_signing_reset`); the client fields are unused.
     CrossSigningReset,
+    /// A device authorization grant (RFC 8628): the client waits on another device, so there is
+    /// no redirect URI, state or PKCE; the client polls the token endpoint with its device code.
+    DeviceGrant,
+    /// The compatibility layer's single sign-on (`/login/sso/redirect`): a legacy client with
+    /// no registration; consent sends the browser to its `redirectUrl` with a login token.
+    CompatSso,
 }
 
 /// A sign-in in progress. Everything the callback and the consent page need, bound to the
@@ -95,6 +102,10 @@ pub struct PendingAuthorization {
     pub upstream_verifier: String,
     /// Token the consent form must echo (with the browser cookie) to count.
     pub csrf: String,
+    /// A device grant's user code, kept once a browser has entered (and so spent) it: the
+    /// consent page shows it, so the user can check it is the one on their device.
+    #[serde(default)]
+    pub user_code: Option<String>,
     pub stage: AuthorizationStage,
     /// Filled once the IdP signed the user in.
     pub login: Option<UpstreamLogin>,
@@ -238,6 +249,69 @@ impl PartialEq for RedeemedAuthorization {
     }
 }
 impl Eq for RedeemedAuthorization {}
+
+/// Where a device authorization grant stands (RFC 8628).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Nobody entered the user code yet.
+    Pending,
+    /// A browser entered the code and went on to the IdP: the code is spent for anyone else.
+    Claimed,
+    /// The user signed in and allowed the client: the next poll gets tokens.
+    Approved,
+    /// The user (or the IdP, or a policy) refused.
+    Denied,
+    /// The client got its tokens.
+    Redeemed,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Claimed => "claimed",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Redeemed => "redeemed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "claimed" => Self::Claimed,
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "redeemed" => Self::Redeemed,
+            _ => return None,
+        })
+    }
+}
+
+/// One device authorization grant, by the hashes of its codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuthorization {
+    pub device_code: TokenHash,
+    pub user_code: TokenHash,
+    /// The pending authorization (purpose [`Purpose::DeviceGrant`]) that carries the request.
+    pub pending_id: String,
+    pub client_id: String,
+    pub status: DeviceStatus,
+    pub interval: i64,
+    pub last_poll_at: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What one poll of the token endpoint found (see [`Store::poll_device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePoll {
+    Unknown,
+    /// Polled again before the interval was over: the interval grows (RFC 8628 §3.5).
+    SlowDown,
+    /// Counted; what the grant is at.
+    Polled(DeviceAuthorization),
+}
 
 /// All of mxidp's persistence. The event and audit parts are their own traits (and files).
 #[async_trait]
@@ -398,6 +472,42 @@ pub trait Store: crate::events::EventStore + crate::audit::AuditStore + Send + S
 
     /// Deletes expired pending authorizations and codes.
     async fn prune(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Stores a device authorization grant with its pending authorization, in one transaction.
+    async fn add_device_authorization(
+        &self,
+        grant: &DeviceAuthorization,
+        pending: &PendingAuthorization,
+    ) -> Result<(), StoreError>;
+    async fn device_authorization_by_user_code(
+        &self,
+        user_code: TokenHash,
+    ) -> Result<Option<DeviceAuthorization>, StoreError>;
+    /// Moves the grant of `pending_id` from `from` to `to` atomically; `false` when it was not
+    /// at `from` (another browser claimed the code first, or it was answered already).
+    async fn set_device_status(
+        &self,
+        pending_id: &str,
+        from: &[DeviceStatus],
+        to: DeviceStatus,
+    ) -> Result<bool, StoreError>;
+    /// Counts one poll: [`DevicePoll::SlowDown`] (and `interval` grows by `slow_down_step`) when
+    /// the previous poll was less than the interval ago, decided in one statement.
+    async fn poll_device(
+        &self,
+        device_code: TokenHash,
+        now: i64,
+        slow_down_step: i64,
+    ) -> Result<DevicePoll, StoreError>;
+    /// The user chose another account on the consent page: the sign-in starts over under a new
+    /// pending authorization, which the grant now follows.
+    async fn repoint_device(&self, old_pending: &str, new_pending: &str) -> Result<(), StoreError>;
+    /// Marks an approved grant redeemed and takes its pending authorization (deleted), at most
+    /// once.
+    async fn redeem_device(
+        &self,
+        device_code: TokenHash,
+    ) -> Result<Option<PendingAuthorization>, StoreError>;
 
     // --- reconciliation ---
 

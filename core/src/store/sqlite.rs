@@ -91,12 +91,12 @@ fn session_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError
     })
 }
 
-fn pending_from_json(data: &str) -> Result<PendingAuthorization, StoreError> {
+pub(super) fn pending_from_json(data: &str) -> Result<PendingAuthorization, StoreError> {
     serde_json::from_str(data)
         .map_err(|e| StoreError::Corrupt(format!("pending authorization: {e}")))
 }
 
-fn pending_to_json(p: &PendingAuthorization) -> Result<String, StoreError> {
+pub(super) fn pending_to_json(p: &PendingAuthorization) -> Result<String, StoreError> {
     serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -771,7 +771,58 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        Ok(a + b)
+        let c = self.prune_devices(now).await?;
+        Ok(a + b + c)
+    }
+
+    async fn add_device_authorization(
+        &self,
+        grant: &DeviceAuthorization,
+        pending: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        self.insert_device_authorization(grant, pending).await
+    }
+
+    async fn device_authorization_by_user_code(
+        &self,
+        user_code: TokenHash,
+    ) -> Result<Option<DeviceAuthorization>, StoreError> {
+        self.select_device_by_user_code(user_code).await
+    }
+
+    async fn set_device_status(
+        &self,
+        pending_id: &str,
+        from: &[DeviceStatus],
+        to: DeviceStatus,
+    ) -> Result<bool, StoreError> {
+        self.update_device_status(pending_id, from, to).await
+    }
+
+    async fn poll_device(
+        &self,
+        device_code: TokenHash,
+        now: i64,
+        slow_down_step: i64,
+    ) -> Result<DevicePoll, StoreError> {
+        self.count_device_poll(device_code, now, slow_down_step)
+            .await
+    }
+
+    async fn repoint_device(&self, old_pending: &str, new_pending: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE device_authorizations SET pending_id = ? WHERE pending_id = ?")
+            .bind(new_pending)
+            .bind(old_pending)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn redeem_device(
+        &self,
+        device_code: TokenHash,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        self.take_approved_device(device_code).await
     }
 
     // --- reconciliation ---

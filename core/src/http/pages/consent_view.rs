@@ -24,6 +24,8 @@ pub struct ConsentView<'a> {
     pub device_id: &'a str,
     pub admin: AdminRequest,
     pub email: bool,
+    /// A device grant's user code: the user checks it against the one their device shows.
+    pub user_code: Option<&'a str>,
     /// Where the form posts.
     pub action: &'a str,
 }
@@ -52,6 +54,7 @@ administrator, so it will not get that.</li>",
 <p>Make sure you trust {name}. It will sign in as <strong>{user}</strong> and be able to:</p>\
 <ul>{powers}</ul>\
 <p class=\"meta\">It will appear in your sessions as device <code>{device}</code>.</p>\
+{code_check}\
 <form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"pending\" value=\"{pending}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <div class=\"actions\"><button class=\"primary\" type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
@@ -63,6 +66,11 @@ administrator, so it will not get that.</li>",
         name = client.name_html(),
         user = escape(view.user_id),
         device = escape(view.device_id),
+        code_check = view.user_code.map_or(String::new(), |code| format!(
+            "<p class=\"warning\">You are signing in a device with the code <strong><code>{}</code></strong>. \
+Allow only if you started this sign-in yourself and your device shows this code.</p>",
+            escape(code)
+        )),
         action = escape(view.action),
         pending = escape(view.pending_id),
         csrf = escape(view.csrf),
