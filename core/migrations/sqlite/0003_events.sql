@@ -1,4 +1,4 @@
--- Received IdP events: the durable inbox/outbox of the event pipeline (DESIGN §7).
+-- Received IdP events: the durable inbox/outbox of the event pipeline (docs/events.md).
 CREATE TABLE idp_events (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     source           TEXT NOT NULL,

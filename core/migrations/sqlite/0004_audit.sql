@@ -1,4 +1,4 @@
--- The audit log (DESIGN §7): append-only and hash-chained. Each record's hash covers the
+-- The audit log (docs/events.md): append-only and hash-chained. Each record's hash covers the
 -- previous record's hash and every field of its own (see crate::audit), so a modified or
 -- deleted record breaks the chain at a place `mxidp audit verify` names.
 CREATE TABLE audit_log (

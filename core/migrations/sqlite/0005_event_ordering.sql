@@ -1,4 +1,4 @@
--- Ordering and retries of the event pipeline (DESIGN §7).
+-- Ordering and retries of the event pipeline (docs/events.md).
 
 -- When the event was (re)queued: the maximum age counts from here, so that an operator's
 -- `mxidp events retry` or `replay` gets a full retry window again.

@@ -33,7 +33,9 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite")
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        adopt_reworded_migrations(&pool, &migrator).await?;
+        migrator
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
@@ -48,6 +50,46 @@ impl SqliteStore {
     pub async fn in_memory() -> Result<Self, StoreError> {
         Self::open("sqlite::memory:").await
     }
+}
+
+/// Migrations whose comments were reworded after they shipped (they pointed at a document
+/// outside the repository), with the checksum (SHA-384 of the file) they were applied with.
+/// Their SQL is unchanged.
+const REWORDED_MIGRATIONS: &[(i64, &str)] = &[
+    (3, "2a7d45b9f509fad4f4e2ec373ec6166444500702c8b62a01848d12825124cc071766e5bc70289a5588c4aba970e4ba57"),
+    (4, "93841be608c0474cb9be49761afc743e0827fa665f97e6b2aa12ba0155d14efc70695964e2062c6584c077145f9edfeb"),
+    (5, "792bd7e5abcb2579f6d444739aa98cc51acde4dd17f566c8840fa04d442310d812f65bc4e716c4b502bba2a2b9424898"),
+];
+
+/// A database that applied a reworded migration records its old checksum, and sqlx refuses a
+/// migration whose file changed since. For exactly those versions and old checksums, the
+/// record takes the new checksum; any other change is still refused.
+async fn adopt_reworded_migrations(
+    pool: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let tracked: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if tracked.is_none() {
+        return Ok(());
+    }
+    for (version, old) in REWORDED_MIGRATIONS {
+        let Some(migration) = migrator.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = ? WHERE version = ? AND lower(hex(checksum)) = ?",
+        )
+        .bind(migration.checksum.as_ref())
+        .bind(version)
+        .bind(old)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 fn corrupt(what: &str) -> impl FnOnce(crate::ids::IdError) -> StoreError + '_ {
@@ -1006,6 +1048,47 @@ mod upgrade_tests {
 
     use super::*;
     use crate::events::{EventState, EventStore, IdpEvent};
+
+    #[tokio::test]
+    async fn a_database_migrated_before_the_comments_were_reworded_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        drop(SqliteStore::open(&url).await.unwrap());
+        // What such a database records: the checksums of the files as they were.
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        for (version, old) in REWORDED_MIGRATIONS {
+            sqlx::query(&format!(
+                "UPDATE _sqlx_migrations SET checksum = X'{old}' WHERE version = ?"
+            ))
+            .bind(version)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        // Any other change to an applied migration is still refused.
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 6")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let refused = SqliteStore::open(&url)
+            .await
+            .err()
+            .expect("a changed migration");
+        assert!(refused.to_string().contains("migration"), "{refused}");
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let six = migrator.iter().find(|m| m.version == 6).unwrap();
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = ? WHERE version = 6")
+            .bind(six.checksum.as_ref())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        SqliteStore::open(&url)
+            .await
+            .expect("the reworded ones are adopted");
+    }
 
     #[tokio::test]
     async fn sessions_from_before_own_tokens_are_ended_through_the_pipeline() {
