@@ -239,20 +239,11 @@ impl ManagementApi {
 /// What Auth0's rate-limit headers ask: `x-ratelimit-remaining` calls are left until
 /// `x-ratelimit-reset` (Unix seconds). `Some(wait)` once the budget is spent or on a 429.
 pub fn rate_limit_wait(status: u16, headers: &HeaderMap, now: i64) -> Option<Duration> {
-    let number = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
+    let names = mxidp_core::outbound::RateLimitHeaders {
+        remaining: "x-ratelimit-remaining",
+        reset: "x-ratelimit-reset",
     };
-    let spent = status == 429 || number("x-ratelimit-remaining").is_some_and(|r| r <= 0);
-    if !spent {
-        return None;
-    }
-    // No reset (or one in the past) still waits a little; one far off is capped so that a
-    // wrong clock cannot stop reconciliation for hours.
-    let wait = number("x-ratelimit-reset").map_or(60, |reset| reset - now);
-    Some(Duration::from_secs(wait.clamp(1, 3600) as u64))
+    mxidp_core::outbound::rate_limit_wait(status, headers, names, now)
 }
 
 #[cfg(test)]

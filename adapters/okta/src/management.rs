@@ -91,20 +91,11 @@ impl ManagementApi {
 /// `X-Rate-Limit-Reset` (Unix seconds). `Some(wait)` when the next call should wait for the
 /// reset: the budget is spent (or the call was refused with 429).
 pub fn rate_limit_wait(status: u16, headers: &HeaderMap, now: i64) -> Option<Duration> {
-    let number = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
+    let names = mxidp_core::outbound::RateLimitHeaders {
+        remaining: "x-rate-limit-remaining",
+        reset: "x-rate-limit-reset",
     };
-    let spent = status == 429 || number("x-rate-limit-remaining").is_some_and(|r| r <= 0);
-    if !spent {
-        return None;
-    }
-    // A reset in the past, or none, still waits a little; one far off is capped, so that a
-    // wrong clock cannot stop the log for hours.
-    let wait = number("x-rate-limit-reset").map_or(60, |reset| reset - now);
-    Some(Duration::from_secs(wait.clamp(1, 3600) as u64))
+    mxidp_core::outbound::rate_limit_wait(status, headers, names, now)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl JwtShim {
                         .write()
                         .unwrap_or_else(|p| p.into_inner()) = session_id;
                     if !account.ready.swap(true, Ordering::AcqRel) {
-                        tracing::info!(localpart = %account.localpart, device_id = %account.device, account = %account.describe(), "JWT shim: service account ready");
+                        tracing::info!(localpart = %account.localpart, device_id = %account.device, account = %account.label, "JWT shim: service account ready");
                     }
                 }
                 Err(Failure::Transient(e)) => {
@@ -161,16 +161,6 @@ impl JwtShim {
             }
         }
         all
-    }
-}
-
-impl ServiceAccount {
-    pub(super) fn describe(&self) -> String {
-        match (&self.client_id, &self.subject) {
-            (Some(c), _) => format!("client_id {c:?}"),
-            (None, Some(s)) => format!("subject {s:?}"),
-            (None, None) => "an unnamed account".into(),
-        }
     }
 }
 
@@ -236,8 +226,7 @@ async fn provision(
         Some(identity) if identity.localpart != *localpart => {
             return Err(Failure::Refused(format!(
                 "{} has Matrix user {} already; a localpart cannot change",
-                account.describe(),
-                identity.localpart
+                account.label, identity.localpart
             )))
         }
         Some(identity) if identity.deleted_at.is_some() => {
@@ -264,7 +253,7 @@ async fn provision(
                     Ok(Err(Unavailable::InUse)) => {
                         return Err(Failure::Refused(format!(
                             "{localpart} exists in the homeserver already; set adopt_existing_user = true to use it for {}",
-                            account.describe()
+                            account.label
                         )))
                     }
                     Ok(Err(reason)) => {
@@ -302,7 +291,7 @@ async fn provision(
         .provision_user(&request)
         .await
         .map_err(refused)?;
-    let device_name = format!("service account ({})", account.describe());
+    let device_name = format!("service account ({})", account.label);
     app.homeserver
         .upsert_device(localpart, &account.device, Some(&device_name))
         .await
@@ -360,7 +349,7 @@ async fn provision(
             correlation_id: session.id.to_string(),
             details: json!({
                 "issuer": issuer.name(),
-                "account": account.describe(),
+                "account": account.label,
                 "device_id": account.device.as_str(),
                 "admin": account.admin,
             }),

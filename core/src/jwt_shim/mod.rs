@@ -82,6 +82,8 @@ struct Issuer {
 }
 
 struct ServiceAccount {
+    /// `client_id "…"` or `subject "…"`, for logs and errors.
+    label: String,
     client_id: Option<String>,
     subject: Option<String>,
     localpart: Localpart,
@@ -184,6 +186,7 @@ impl JwtShim {
                         .service_accounts
                         .iter()
                         .map(|a| ServiceAccount {
+                            label: a.describe(),
                             client_id: a.client_id.clone().filter(|c| !c.is_empty()),
                             subject: a.subject.clone().filter(|s| !s.is_empty()),
                             localpart: Localpart::parse(&a.localpart)
